@@ -1,0 +1,418 @@
+"""1-D residual networks for single- or multi-lead ECG (Weimann & Conrad 2021, "ResNet-18/34/50v2").
+
+Input ``(B, in_chans, T)``: ``T`` in samples (250 Hz in the study: 512-4,096 samples for
+pre-training frames, 16,384 for a CinC 2017 record). The network is fully convolutional
+and ends with global average pooling, so any ``T >= 1`` works; every stride-2 layer maps
+``T -> ceil(T / 2)``, so the last feature map has ``ceil(T / 32)`` time steps.
+
+Layout (``w`` = width multiplier, channels ``max(8, round(c * w))``, see :func:`scale_channels`)::
+
+    stem    conv k7 s2 (64w) [+ BN + ReLU, post-act only] -> max-pool 3 s2
+    stage1  64w  kernel 7  stride 1
+    stage2  128w kernel 5  stride 2 (first block)
+    stage3  256w kernel 5  stride 2 (first block)
+    stage4  512w kernel 3  stride 2 (first block)
+    [BN + ReLU, pre-act only] -> global average pool -> dropout -> head (Linear)
+
+Blocks: basic (two k-convs) 2-2-2-2 for ResNet-18, 3-4-6-3 for ResNet-34; bottleneck
+(1x1, k-conv with the stride, 1x1 with expansion 4) 3-4-6-3 for ResNet-50. Padding ``k // 2``
+("same" for odd k), no conv bias anywhere, 1x1 projection shortcut where the shape changes.
+
+Two block styles are registered (``preact`` decides):
+
+* ``resnet18`` / ``resnet34`` / ``resnet50`` -- **post-activation** blocks (conv-BN-ReLU,
+  conv-BN, add, ReLU; projection shortcut = 1x1 conv + BN), exactly the blocks of the
+  authors' TensorFlow code (``transplant/modules/resnet1d.py``), which produced the paper's
+  "ResNet-18v2" results. Use these to reproduce the study.
+* ``resnet18v2`` / ``resnet34v2`` / ``resnet50v2`` -- **pre-activation** blocks (He et al.
+  2016, "Identity mappings in deep residual networks"; BN-ReLU-conv, projection shortcut =
+  1x1 conv on the pre-activated input, no BN), a bare conv stem, and a final BN + ReLU after
+  the last stage, as the paper's name "v2" says.
+
+The 2-D spectrogram model (:mod:`ecgtl.models.resnet2d`) reuses :class:`ResNet` with
+``spatial_dims=2``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ecgtl.models.registry import register_model
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBasicBlock",
+    "PreActBottleneck",
+    "ResNet",
+    "resnet18",
+    "resnet18v2",
+    "resnet34",
+    "resnet34v2",
+    "resnet50",
+    "resnet50v2",
+    "scale_channels",
+]
+
+STAGE_CHANNELS = (64, 128, 256, 512)
+STEM_CHANNELS = 64
+#: Kernel sizes (samples) of stages 1-4 in the study; the authors' class default is 3-3-3-3.
+PAPER_KERNEL_SIZES = (7, 5, 5, 3)
+MIN_CHANNELS = 8
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d}
+_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+_MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d}
+
+
+def scale_channels(channels: int, width: float) -> int:
+    """Channels of a layer at width multiplier ``width``: ``max(8, round(channels * width))``.
+
+    The floor of 8 keeps very thin models trainable (width 0.25 -> 16/32/64/128 per stage;
+    width 0.0625 -> 8/8/16/32).
+    """
+    return max(MIN_CHANNELS, int(round(channels * width)))
+
+
+def _conv(spatial_dims: int, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -> nn.Module:
+    # padding k // 2 is "same" for odd k at stride 1 and gives ceil(T / 2) at stride 2
+    # (TensorFlow's "same" has the same output length but pads the extra sample on the right).
+    return _CONV[spatial_dims](in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Post-activation basic block: conv-BN-ReLU, conv-BN, add shortcut, ReLU.
+
+    Shape ``(B, in_chs, T) -> (B, channels, ceil(T / stride))``. The shortcut is a 1x1 conv + BN
+    when the channels or the stride change, else the identity.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_chs: int, channels: int, kernel_size: int, stride: int = 1, spatial_dims: int = 1):
+        super().__init__()
+        out_chs = channels * self.expansion
+        norm = _NORM[spatial_dims]
+        self.conv1 = _conv(spatial_dims, in_chs, channels, kernel_size, stride)
+        self.bn1 = norm(channels)
+        self.conv2 = _conv(spatial_dims, channels, out_chs, kernel_size)
+        self.bn2 = norm(out_chs)
+        self.act = nn.ReLU(inplace=True)
+        self.has_projection = in_chs != out_chs or stride > 1
+        self.downsample = (
+            nn.Sequential(OrderedDict(conv=_conv(spatial_dims, in_chs, out_chs, 1, stride), bn=norm(out_chs)))
+            if self.has_projection
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.downsample(x)
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.bn2(self.conv2(x))
+        return self.act(x + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """Post-activation bottleneck: 1x1 conv, k-conv (with the stride), 1x1 conv to ``4 * channels``.
+
+    Shape ``(B, in_chs, T) -> (B, 4 * channels, ceil(T / stride))``; BN after each conv, ReLU
+    after the first two and after the addition; shortcut as in :class:`BasicBlock`.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_chs: int, channels: int, kernel_size: int, stride: int = 1, spatial_dims: int = 1):
+        super().__init__()
+        out_chs = channels * self.expansion
+        norm = _NORM[spatial_dims]
+        self.conv1 = _conv(spatial_dims, in_chs, channels, 1)
+        self.bn1 = norm(channels)
+        self.conv2 = _conv(spatial_dims, channels, channels, kernel_size, stride)
+        self.bn2 = norm(channels)
+        self.conv3 = _conv(spatial_dims, channels, out_chs, 1)
+        self.bn3 = norm(out_chs)
+        self.act = nn.ReLU(inplace=True)
+        self.has_projection = in_chs != out_chs or stride > 1
+        self.downsample = (
+            nn.Sequential(OrderedDict(conv=_conv(spatial_dims, in_chs, out_chs, 1, stride), bn=norm(out_chs)))
+            if self.has_projection
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.downsample(x)
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.act(self.bn2(self.conv2(x)))
+        x = self.bn3(self.conv3(x))
+        return self.act(x + shortcut)
+
+
+class PreActBasicBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv, BN-ReLU-conv, add shortcut.
+
+    Shape ``(B, in_chs, T) -> (B, channels, ceil(T / stride))``. Where the shape changes, the
+    shortcut is a 1x1 conv (no BN) applied to the pre-activated input, as in ResNetV2.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_chs: int, channels: int, kernel_size: int, stride: int = 1, spatial_dims: int = 1):
+        super().__init__()
+        out_chs = channels * self.expansion
+        norm = _NORM[spatial_dims]
+        self.bn1 = norm(in_chs)
+        self.conv1 = _conv(spatial_dims, in_chs, channels, kernel_size, stride)
+        self.bn2 = norm(channels)
+        self.conv2 = _conv(spatial_dims, channels, out_chs, kernel_size)
+        self.act = nn.ReLU(inplace=True)  # acts on BN outputs only, never on the shortcut x
+        self.has_projection = in_chs != out_chs or stride > 1
+        self.downsample = _conv(spatial_dims, in_chs, out_chs, 1, stride) if self.has_projection else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_preact = self.act(self.bn1(x))
+        shortcut = self.downsample(x_preact) if self.has_projection else x
+        x = self.conv1(x_preact)
+        x = self.conv2(self.act(self.bn2(x)))
+        return x + shortcut
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck: BN-ReLU-1x1, BN-ReLU-k-conv (with the stride), BN-ReLU-1x1 (x4).
+
+    Shape ``(B, in_chs, T) -> (B, 4 * channels, ceil(T / stride))``; shortcut as in
+    :class:`PreActBasicBlock`.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_chs: int, channels: int, kernel_size: int, stride: int = 1, spatial_dims: int = 1):
+        super().__init__()
+        out_chs = channels * self.expansion
+        norm = _NORM[spatial_dims]
+        self.bn1 = norm(in_chs)
+        self.conv1 = _conv(spatial_dims, in_chs, channels, 1)
+        self.bn2 = norm(channels)
+        self.conv2 = _conv(spatial_dims, channels, channels, kernel_size, stride)
+        self.bn3 = norm(channels)
+        self.conv3 = _conv(spatial_dims, channels, out_chs, 1)
+        self.act = nn.ReLU(inplace=True)
+        self.has_projection = in_chs != out_chs or stride > 1
+        self.downsample = _conv(spatial_dims, in_chs, out_chs, 1, stride) if self.has_projection else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_preact = self.act(self.bn1(x))
+        shortcut = self.downsample(x_preact) if self.has_projection else x
+        x = self.conv1(x_preact)
+        x = self.conv2(self.act(self.bn2(x)))
+        x = self.conv3(self.act(self.bn3(x)))
+        return x + shortcut
+
+
+_BLOCKS = {
+    ("basic", False): BasicBlock,
+    ("bottleneck", False): Bottleneck,
+    ("basic", True): PreActBasicBlock,
+    ("bottleneck", True): PreActBottleneck,
+}
+
+
+class ResNet(nn.Module):
+    """Residual network over 1-D signals (``spatial_dims=1``) or 2-D spectrograms (``spatial_dims=2``).
+
+    Args:
+        layers: residual blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
+        block: ``"basic"`` or ``"bottleneck"`` (expansion 4).
+        preact: ``True`` for pre-activation (v2) blocks, ``False`` for the authors'
+            post-activation blocks; see the module docstring for the differences.
+        kernel_sizes: kernel size per stage (samples for 1-D; square kernels for 2-D). Odd only.
+        num_classes: outputs of the head; ``0`` -> identity head (a backbone).
+        in_chans: input channels (ECG leads, or spectrogram channels).
+        width: channel multiplier for the stem and all stages (see :func:`scale_channels`).
+        drop_rate: dropout probability on the pooled features, before the head.
+        spatial_dims: 1 for input ``(B, C, T)``, 2 for input ``(B, C, F, T)``.
+        stem_kernel_size: kernel of the stride-2 stem conv.
+
+    Attributes:
+        num_features: length of the pooled feature vector (``scale_channels(512, width)``,
+            times 4 for bottleneck blocks).
+        num_classes: current number of head outputs (0 for a backbone).
+
+    State-dict layout: ``stem.*``, ``stages.<stage>.<block>.*``, ``final_norm.*`` (pre-act only)
+    and ``head.*`` (:data:`ecgtl.models.registry.HEAD_PREFIX`); drop ``head.*`` to keep the backbone.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        block: str = "basic",
+        preact: bool = False,
+        kernel_sizes: Sequence[int] = PAPER_KERNEL_SIZES,
+        num_classes: int = 0,
+        in_chans: int = 1,
+        width: float = 1.0,
+        drop_rate: float = 0.0,
+        spatial_dims: int = 1,
+        stem_kernel_size: int = 7,
+    ):
+        super().__init__()
+        if (block, bool(preact)) not in _BLOCKS:
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
+        if spatial_dims not in _CONV:
+            raise ValueError(f"spatial_dims must be 1 or 2, got {spatial_dims!r}")
+        if len(kernel_sizes) != len(layers):
+            raise ValueError(f"need one kernel size per stage: {len(layers)} stages, kernel_sizes={tuple(kernel_sizes)}")
+        if any(k % 2 == 0 for k in (*kernel_sizes, stem_kernel_size)):
+            raise ValueError(f"kernel sizes must be odd for 'same' padding, got {tuple(kernel_sizes)}, stem {stem_kernel_size}")
+        if len(layers) > len(STAGE_CHANNELS):
+            raise ValueError(f"at most {len(STAGE_CHANNELS)} stages, got layers={tuple(layers)}")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        block_cls = _BLOCKS[(block, bool(preact))]
+        self.spatial_dims = spatial_dims
+        self.preact = bool(preact)
+        self.in_chans = in_chans
+        self.width = width
+        self.drop_rate = drop_rate
+        self.model_name: str | None = None  # set by create_model
+
+        stem_chs = scale_channels(STEM_CHANNELS, width)
+        stem = OrderedDict(conv=_conv(spatial_dims, in_chans, stem_chs, stem_kernel_size, stride=2))
+        if not preact:  # pre-act: the first block's BN-ReLU normalises the stem output
+            stem["bn"] = _NORM[spatial_dims](stem_chs)
+            stem["act"] = nn.ReLU(inplace=True)
+        stem["pool"] = _MAX_POOL[spatial_dims](kernel_size=3, stride=2, padding=1)
+        self.stem = nn.Sequential(stem)
+
+        stages = []
+        in_chs = stem_chs
+        for stage_idx, (num_blocks, kernel_size) in enumerate(zip(layers, kernel_sizes)):
+            channels = scale_channels(STAGE_CHANNELS[stage_idx], width)
+            blocks = []
+            for block_idx in range(num_blocks):
+                stride = 2 if block_idx == 0 and stage_idx > 0 else 1
+                blocks.append(block_cls(in_chs, channels, kernel_size, stride, spatial_dims))
+                in_chs = channels * block_cls.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = in_chs
+
+        if preact:  # ResNetV2: the last block's output is not yet normalised
+            self.final_norm = nn.Sequential(
+                OrderedDict(bn=_NORM[spatial_dims](self.num_features), act=nn.ReLU(inplace=True))
+            )
+        else:
+            self.final_norm = nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.num_classes = 0
+        self.head: nn.Module = nn.Identity()
+        self._init_weights()
+        self.reset_classifier(num_classes)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def get_classifier(self) -> nn.Module:
+        """The head module (``nn.Linear``, or ``nn.Identity`` for a backbone)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a freshly initialised ``Linear(num_features, num_classes)``.
+
+        ``num_classes=0`` gives an identity head, so ``forward`` returns the features. The
+        backbone is untouched; the new head is created on the backbone's device and dtype.
+        """
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes!r}")
+        ref = self.stem.conv.weight
+        self.num_classes = int(num_classes)
+        if num_classes > 0:
+            self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+        else:
+            self.head = nn.Identity()
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != self.spatial_dims + 2:
+            expected = "(B, C, T)" if self.spatial_dims == 1 else "(B, C, F, T)"
+            raise ValueError(f"expected input of shape {expected}, got shape {list(x.shape)}")
+
+    def forward_feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature maps before pooling.
+
+        1-D: ``(B, in_chans, T)`` -> ``(B, num_features, ceil(T / 32))`` (T in samples).
+        2-D: ``(B, in_chans, F, T)`` -> ``(B, num_features, ceil(F / 32), ceil(T / 32))``.
+        Useful for masked pooling over zero-padded records or for saliency maps.
+        """
+        self._check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.final_norm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled feature vector: input ``(B, in_chans, T)`` (or ``(B, in_chans, F, T)``) -> ``(B, num_features)``.
+
+        Global average pooling over all remaining time (and frequency) steps, padding
+        included. Unlike timm, whose ``forward_features`` returns unpooled maps, this is the
+        embedding a pretext or target head consumes; :meth:`forward_feature_maps` gives the maps.
+        """
+        return self.forward_feature_maps(x).flatten(2).mean(dim=-1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` from pooled features ``(B, num_features)`` (dropout, then head).
+
+        With ``num_classes == 0`` the (dropped-out, in training) features are returned.
+        """
+        return self.head(self.head_drop(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes)``, or features ``(B, num_features)`` for a backbone."""
+        return self.forward_head(self.forward_features(x))
+
+
+def _resnet1d(layers: Sequence[int], block: str, preact: bool, **kwargs) -> ResNet:
+    kwargs.setdefault("kernel_sizes", PAPER_KERNEL_SIZES)
+    return ResNet(layers, block=block, preact=preact, spatial_dims=1, **kwargs)
+
+
+@register_model
+def resnet18(**kwargs) -> ResNet:
+    """1-D ResNet-18, post-activation blocks of the authors' code (the paper's "ResNet-18v2" runs)."""
+    return _resnet1d((2, 2, 2, 2), "basic", preact=False, **kwargs)
+
+
+@register_model
+def resnet34(**kwargs) -> ResNet:
+    """1-D ResNet-34, post-activation blocks of the authors' code."""
+    return _resnet1d((3, 4, 6, 3), "basic", preact=False, **kwargs)
+
+
+@register_model
+def resnet50(**kwargs) -> ResNet:
+    """1-D ResNet-50 (bottleneck x4), post-activation blocks of the authors' code."""
+    return _resnet1d((3, 4, 6, 3), "bottleneck", preact=False, **kwargs)
+
+
+@register_model
+def resnet18v2(**kwargs) -> ResNet:
+    """1-D ResNet-18v2, pre-activation blocks (He et al. 2016) with a final BN + ReLU."""
+    return _resnet1d((2, 2, 2, 2), "basic", preact=True, **kwargs)
+
+
+@register_model
+def resnet34v2(**kwargs) -> ResNet:
+    """1-D ResNet-34v2, pre-activation blocks with a final BN + ReLU."""
+    return _resnet1d((3, 4, 6, 3), "basic", preact=True, **kwargs)
+
+
+@register_model
+def resnet50v2(**kwargs) -> ResNet:
+    """1-D ResNet-50v2 (bottleneck x4), pre-activation blocks with a final BN + ReLU."""
+    return _resnet1d((3, 4, 6, 3), "bottleneck", preact=True, **kwargs)

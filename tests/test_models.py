@@ -1,0 +1,247 @@
+"""Tests of ecgtl.models: registry, shapes, head handling, transfer of backbones, parameter counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ecgtl.errors import ConfigError
+from ecgtl.models import HEAD_PREFIX, backbone_state_dict, create_model, list_models, scale_channels
+
+MODELS_1D = ["resnet18", "resnet34", "resnet50", "resnet18v2", "resnet34v2", "resnet50v2"]
+MODELS_2D = ["resnet18_2d", "resnet18v2_2d"]
+SMALL = 0.25  # width multiplier that keeps the tests fast
+
+
+def _dummy_input(name: str, batch: int = 2, length: int = 512, in_chans: int = 1) -> torch.Tensor:
+    if name.endswith("_2d"):
+        return torch.randn(batch, in_chans, 33, length // 8)  # (B, C, F bins, T frames)
+    return torch.randn(batch, in_chans, length)  # (B, C, T samples)
+
+
+def _num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _backbone_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for k, p in model.named_parameters() if not k.startswith(HEAD_PREFIX))
+
+
+def test_registry_lists_all_models():
+    assert list_models() == sorted(MODELS_1D + MODELS_2D)
+    assert list_models("resnet*v2") == ["resnet18v2", "resnet34v2", "resnet50v2"]
+
+
+def test_unknown_model_and_bad_arguments_raise_config_error():
+    with pytest.raises(ConfigError, match="resnet18v2"):  # the message lists the available models
+        create_model("resnet19")
+    with pytest.raises(ConfigError):
+        create_model("resnet18", num_classes=-1)
+    with pytest.raises(ConfigError):
+        create_model("resnet18", width=0)
+
+
+@pytest.mark.parametrize("name", MODELS_1D + MODELS_2D)
+def test_create_model_output_and_feature_shapes(name):
+    model = create_model(name, num_classes=3, width=SMALL).eval()
+    expansion = 4 if name.startswith("resnet50") else 1
+    assert model.model_name == name
+    assert model.num_classes == 3
+    assert model.num_features == scale_channels(512, SMALL) * expansion
+    x = _dummy_input(name)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        logits = model(x)
+    assert features.shape == (2, model.num_features)
+    assert logits.shape == (2, 3)
+    torch.testing.assert_close(logits, model.forward_head(features))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18v2"])
+def test_1d_models_accept_any_length(name):
+    model = create_model(name, num_classes=4, width=SMALL).eval()
+    with torch.no_grad():
+        for length in (512, 2048, 4096, 16384, 777, 1001, 63):  # samples; odd lengths included
+            x = torch.randn(1, 1, length)
+            maps = model.forward_feature_maps(x)
+            assert maps.shape == (1, model.num_features, math.ceil(length / 32)), length
+            assert model(x).shape == (1, 4)
+
+
+def test_2d_model_spatial_sizes_and_in_chans():
+    model = create_model("resnet18_2d", num_classes=4, in_chans=2, width=SMALL).eval()
+    x = torch.randn(2, 2, 65, 129)  # (B, C, F, T)
+    with torch.no_grad():
+        assert model.forward_feature_maps(x).shape == (2, model.num_features, 3, 5)
+        assert model(x).shape == (2, 4)
+
+
+def test_multi_lead_input_and_wrong_rank():
+    model = create_model("resnet18v2", num_classes=4, in_chans=12, width=SMALL).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 12, 1000)).shape == (2, 4)
+    with pytest.raises(ValueError, match=r"\(B, C, T\)"):
+        model(torch.randn(2, 1000))  # a forgotten channel axis is an error, not a silent 2-D conv
+
+
+def test_zero_classes_gives_a_backbone():
+    model = create_model("resnet34v2", num_classes=0, width=SMALL).eval()
+    x = _dummy_input("resnet34v2")
+    assert isinstance(model.get_classifier(), torch.nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_features(x))
+    assert not any(k.startswith(HEAD_PREFIX) for k in model.state_dict())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50v2", "resnet18_2d"])
+def test_reset_classifier_changes_only_the_head(name):
+    model = create_model(name, num_classes=5, width=SMALL)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.reset_classifier(4)
+    after = model.state_dict()
+    assert model.num_classes == 4
+    assert after["head.weight"].shape == (4, model.num_features)
+    assert after["head.bias"].shape == (4,)
+    head_keys = {k for k in after if k.startswith(HEAD_PREFIX)}
+    assert head_keys == {"head.weight", "head.bias"}
+    assert set(before) - head_keys == set(after) - head_keys
+    for k in set(after) - head_keys:
+        assert torch.equal(before[k], after[k]), k
+    model.reset_classifier(0)
+    assert model.num_classes == 0 and "head.weight" not in model.state_dict()
+
+
+def test_head_parameters_live_under_head_prefix():
+    model = create_model("resnet18v2", num_classes=5, width=SMALL, drop_rate=0.2)
+    head_names = {f"{HEAD_PREFIX}{k}" for k, _ in model.get_classifier().named_parameters()}
+    assert head_names == {k for k, _ in model.named_parameters() if k.startswith(HEAD_PREFIX)}
+    assert _num_params(model) - _backbone_params(model) == model.num_features * 5 + 5
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18v2"])
+def test_backbone_transfers_from_pretext_to_target_head(name):
+    torch.manual_seed(0)
+    pretext = create_model(name, num_classes=5, width=SMALL)  # e.g. the 5 beat classes
+    with torch.no_grad():  # move BN running stats away from their init so they are checked too
+        pretext.train()(_dummy_input(name, batch=4))
+    target = create_model(name, num_classes=4, width=SMALL)  # CinC 2017: N, A, O, ~
+    result = target.load_state_dict(backbone_state_dict(pretext), strict=False)
+    assert sorted(result.missing_keys) == ["head.bias", "head.weight"]
+    assert result.unexpected_keys == []
+    pretext.eval()
+    target.eval()
+    x = _dummy_input(name)
+    with torch.no_grad():
+        torch.testing.assert_close(target.forward_features(x), pretext.forward_features(x))
+        assert target(x).shape == (2, 4)
+
+
+def test_eval_is_deterministic_and_dropout_only_acts_in_training():
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=4, width=SMALL, drop_rate=0.5)
+    x = _dummy_input("resnet18")
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+        model.train()
+        assert not torch.equal(model(x), model(x))  # dropout before the head
+
+
+def test_gradients_reach_every_parameter():
+    model = create_model("resnet50v2", num_classes=4, width=SMALL, drop_rate=0.1).train()
+    logits = model(_dummy_input("resnet50v2", batch=3, length=256))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 3])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_block_styles():
+    post, pre = create_model("resnet18"), create_model("resnet18v2")
+    post_keys, pre_keys = set(post.state_dict()), set(pre.state_dict())
+    # authors' post-activation: conv-BN-ReLU stem, BN on projection shortcuts, no final norm
+    assert "stem.bn.weight" in post_keys and "stages.1.0.downsample.bn.weight" in post_keys
+    assert not any(k.startswith("final_norm.") for k in post_keys)
+    # pre-activation v2: bare conv stem, 1x1 conv shortcut without BN, final BN + ReLU
+    assert "stem.bn.weight" not in pre_keys and "stages.1.0.downsample.weight" in pre_keys
+    assert "final_norm.bn.weight" in pre_keys
+    assert not any(n for n, m in post.named_modules() if isinstance(m, torch.nn.Conv1d) and m.bias is not None)
+
+
+def test_width_multiplier_reduces_parameters():
+    assert [scale_channels(c, 0.25) for c in (64, 128, 256, 512)] == [16, 32, 64, 128]
+    assert scale_channels(64, 0.01) == 8  # floor of 8 channels
+    full, quarter = create_model("resnet18"), create_model("resnet18", width=0.25)
+    assert quarter.num_features == 128
+    # convolution weights scale with width**2: about 1/16 of the parameters
+    assert 1 / 20 < _num_params(quarter) / _num_params(full) < 1 / 12
+
+
+def test_invalid_kernel_sizes_are_rejected():
+    with pytest.raises(ValueError, match="odd"):
+        create_model("resnet18", kernel_sizes=(7, 5, 5, 4))
+    with pytest.raises(ValueError, match="one kernel size per stage"):
+        create_model("resnet18", kernel_sizes=(7, 5, 5))
+
+
+def _keras_feature_extractor_count(layers, kernel_sizes, bottleneck):
+    """Parameters of the authors' Keras feature extractor (``ecg_feature_extractor``), counted by hand.
+
+    Keras' ``count_params`` counts four numbers per BN channel (gamma, beta and the
+    non-trainable moving mean and variance), so the count equals our trainable parameters
+    plus the BN running statistics. Post-activation blocks; projection = 1x1 conv + BN.
+    """
+    expansion = 4 if bottleneck else 1
+    total = 7 * 64 + 4 * 64  # stem conv k7 (1 -> 64) + BN
+    in_chs = 64
+    for stage, (num_blocks, k) in enumerate(zip(layers, kernel_sizes)):
+        c = 64 * 2**stage
+        for block in range(num_blocks):
+            stride = 2 if block == 0 and stage > 0 else 1
+            out = c * expansion
+            if bottleneck:
+                total += in_chs * c + k * c * c + c * out + 4 * (c + c + out)
+            else:
+                total += k * in_chs * c + k * c * c + 4 * (c + c)
+            if in_chs != out or stride > 1:
+                total += in_chs * out + 4 * out
+            in_chs = out
+    return total
+
+
+def _count_with_running_stats(model):
+    stats = sum(b.numel() for k, b in model.named_buffers() if k.endswith(("running_mean", "running_var")))
+    return _backbone_params(model) + stats
+
+
+def test_parameter_counts_match_the_study():
+    """The study: the ResNet-18 feature extractor has about 4.49 M parameters (kernels 7/5/5/3).
+
+    Full-width counts (backbone only; "+stats" adds the BN running mean/var, as Keras counts):
+
+        resnet18    4,482,880  (+stats 4,492,480 == the authors' Keras model, "4.49 M")
+        resnet18v2  4,481,088  (+stats 4,488,896)
+        resnet34    9,069,632  (+stats 9,086,656)     resnet34v2  9,067,840
+        resnet50   16,920,896  (+stats 16,974,016)    resnet50v2 16,913,216
+        kernels 3/3/3/3 instead of 7/5/5/3: resnet18 3,843,904 (-14 %)
+    """
+    rows = {}
+    for name in MODELS_1D + MODELS_2D:
+        model = create_model(name, num_classes=0)
+        rows[name] = (_backbone_params(model), _count_with_running_stats(model))
+        print(f"{name:14s} backbone {rows[name][0]:>11,}  with BN running stats {rows[name][1]:>11,}")
+
+    # our post-activation models reproduce the authors' Keras feature extractors exactly
+    paper = dict(layers=(2, 2, 2, 2), kernel_sizes=(7, 5, 5, 3), bottleneck=False)
+    assert rows["resnet18"][1] == _keras_feature_extractor_count(**paper) == 4_492_480
+    assert rows["resnet34"][1] == _keras_feature_extractor_count((3, 4, 6, 3), (7, 5, 5, 3), False)
+    assert rows["resnet50"][1] == _keras_feature_extractor_count((3, 4, 6, 3), (7, 5, 5, 3), True)
+    assert round(rows["resnet18"][1] / 1e6, 2) == 4.49
+    # both block styles are within 0.5 % of 4.49 M: they differ only in where BN sits
+    for name in ("resnet18", "resnet18v2"):
+        assert abs(rows[name][0] / 4.49e6 - 1) < 0.005, name
+    # the kernel sizes are what makes the count: 3/3/3/3 would give 3.84 M
+    k3 = _backbone_params(create_model("resnet18", kernel_sizes=(3, 3, 3, 3)))
+    assert abs(k3 / 4.49e6 - 1) > 0.1
+    # the 2-D ResNet-18 matches torchvision's resnet18 trunk (11,176,512 for 3 input channels)
+    assert rows["resnet18_2d"][0] == 11_176_512 - 2 * 64 * 7 * 7
