@@ -224,8 +224,12 @@ def test_parse_sha256sums_formats_and_unsafe_paths():
 def test_registry_matches_real_layout():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"../shared/data not found: {SHARED_DATA}")
-    for key, zip_name in [("mitdb", "mitdb-1.0.0.zip"), ("svdb", "svdb-1.0.0.zip"),
-                          ("aftdb", "aftdb-1.0.0.zip"), ("icentia11k", "icentia11k-p00000.zip")]:
+    for key, zip_name in [
+        ("mitdb", "mitdb-1.0.0.zip"),
+        ("svdb", "svdb-1.0.0.zip"),
+        ("aftdb", "aftdb-1.0.0.zip"),
+        ("icentia11k", "icentia11k-p00000.zip"),
+    ]:
         with zipfile.ZipFile(SHARED_DATA / zip_name) as zf:
             assert f"{DATABASES[key].path}/SHA256SUMS.txt" in zf.namelist(), key
     cinc = SHARED_DATA / "physionet-files" / DATABASES["cinc2017"].path
@@ -260,8 +264,10 @@ def http_full_download(http_server, mirror, tmp_path_factory):
         reports.append(download(db, dest, mirror=url, patients=patients, workers=4, **FAST))
     seconds = time.perf_counter() - t0
     total = sum(r.bytes_downloaded for r in reports)
-    print(f"\nloopback HTTP: {total / 1e6:.1f} MB in {seconds:.2f} s = {total / 1e6 / seconds:.0f} MB/s "
-          f"(download + SHA-256 + write, 4 workers)")
+    print(
+        f"\nloopback HTTP: {total / 1e6:.1f} MB in {seconds:.2f} s = {total / 1e6 / seconds:.0f} MB/s "
+        f"(download + SHA-256 + write, 4 workers)"
+    )
     for r in reports:
         print(r.summary())
     return dest, reports
@@ -275,7 +281,7 @@ def test_http_download_verifies_real_files(http_full_download, mirror):
         assert len(report.downloaded) == len(sums) + 1  # + SHA256SUMS.txt itself
         assert_matches_sums(dest / DATABASES[db].path, sums)
         assert report.mb_per_s > 0
-    assert len(read_sums(mirror / "mitdb/1.0.0")) == 144
+    assert len(read_sums(mirror / "mitdb/1.0.0")) == 48 * 3 + 1  # .dat/.hea/.atr + RECORDS
     assert (dest / "mitdb/1.0.0/100.dat").stat().st_size == 1_950_000
     assert len(list((dest / "icentia11k-continuous-ecg/1.0/p00/p00000").glob("*.dat"))) == 50
     assert icentia.bytes_downloaded > 100e6
@@ -285,7 +291,7 @@ def test_second_run_skips_everything(http_full_download, http_mirror):
     dest, first = http_full_download
     url, state = http_mirror
     again = [download(db, dest, mirror=url, patients=p, **FAST) for db, p in (("mitdb", None), ("icentia11k", 0))]
-    for before, after in zip(first, again):
+    for before, after in zip(first, again, strict=True):
         assert after.ok
         assert not after.downloaded
         assert len(after.skipped) == len(before.downloaded)
@@ -397,8 +403,7 @@ def test_missing_file_and_dead_server(http_mirror, tmp_path):
     fake = tmp_path / "m/fake/1.0"
     fake.mkdir(parents=True)
     (fake / "here.txt").write_text("hello")
-    (fake / "SHA256SUMS.txt").write_text(
-        f"{hashlib.sha256(b'hello').hexdigest()} here.txt\n{'0' * 64} gone.txt\n")
+    (fake / "SHA256SUMS.txt").write_text(f"{hashlib.sha256(b'hello').hexdigest()} here.txt\n{'0' * 64} gone.txt\n")
     # The HTTP server serves the real mirror, so point it at this one for the test.
     _, state = http_mirror
     state.reset(tmp_path / "m")
@@ -415,10 +420,12 @@ def test_missing_file_and_dead_server(http_mirror, tmp_path):
 
 
 def test_icentia_patient_absent_from_sums_is_an_error(tmp_path, mirror):
-    report = download("icentia11k", tmp_path, mirror=mirror, patients="0,1",
-                      include=lambda r: r.endswith("_s00.hea"), **FAST)
+    report = download(
+        "icentia11k", tmp_path, mirror=mirror, patients="0,1", include=lambda r: r.endswith("_s00.hea"), **FAST
+    )
     assert [(f.path, f.error) for f in report.failed] == [
-        ("icentia11k-continuous-ecg/1.0/p00/p00001/", "patient 1 not listed in SHA256SUMS.txt")]
+        ("icentia11k-continuous-ecg/1.0/p00/p00001/", "patient 1 not listed in SHA256SUMS.txt")
+    ]
     assert (tmp_path / "icentia11k-continuous-ecg/1.0/p00/p00000/p00000_s00.hea").is_file()
     assert not report.ok
 
@@ -437,8 +444,10 @@ def _evil_zip(path: Path, member: str, symlink: bool = False) -> Path:
     return path
 
 
-@pytest.mark.parametrize("member, symlink", [("../evil.txt", False), ("a/../../evil.txt", False),
-                                             ("/tmp/evil-abs.txt", False), ("link", True)])
+@pytest.mark.parametrize(
+    "member, symlink",
+    [("../evil.txt", False), ("a/../../evil.txt", False), ("/tmp/evil-abs.txt", False), ("link", True)],
+)
 def test_zip_slip_is_refused(tmp_path, member, symlink):
     archive = _evil_zip(tmp_path / "evil.zip", member, symlink)
     target = tmp_path / "target"
@@ -495,11 +504,12 @@ def test_local_mirror_cinc2017_extracts_training_set(tmp_path, mirror):
 
 
 def test_file_url_mirror(tmp_path, mirror):
-    report = download("cinc2017", tmp_path, mirror=mirror.as_uri(),
-                      include=lambda r: r == "REFERENCE-v3.csv", **FAST)
+    report = download("cinc2017", tmp_path, mirror=mirror.as_uri(), include=lambda r: r == "REFERENCE-v3.csv", **FAST)
     assert report.ok, report.summary()
-    assert [f.path for f in report.downloaded] == ["challenge-2017/1.0.0/SHA256SUMS.txt",
-                                                   "challenge-2017/1.0.0/REFERENCE-v3.csv"]
+    assert [f.path for f in report.downloaded] == [
+        "challenge-2017/1.0.0/SHA256SUMS.txt",
+        "challenge-2017/1.0.0/REFERENCE-v3.csv",
+    ]
     assert (tmp_path / "challenge-2017/1.0.0/REFERENCE-v3.csv").read_text().startswith("A00001,")
 
 
@@ -514,8 +524,22 @@ def _cli(argv: list[str]) -> int:
 
 
 def test_cli_exit_codes(tmp_path, mirror, capsys):
-    assert _cli(["download", "aftdb", "--dest", str(tmp_path / "ok"), "--mirror", str(mirror),
-                 "--no-progress", "--workers", "2"]) == 0
+    assert (
+        _cli(
+            [
+                "download",
+                "aftdb",
+                "--dest",
+                str(tmp_path / "ok"),
+                "--mirror",
+                str(mirror),
+                "--no-progress",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "aftdb" in out and "0 failed" in out
     assert (tmp_path / "ok/aftdb/1.0.0/learning-set/n01.dat").is_file()
@@ -523,8 +547,7 @@ def test_cli_exit_codes(tmp_path, mirror, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(mirror / "aftdb", bad / "aftdb", copy_function=shutil.copy2)
     (bad / "aftdb/1.0.0/learning-set/n01.dat").write_bytes(b"corrupt")
-    assert _cli(["download", "aftdb", "--dest", str(tmp_path / "bad-dest"), "--mirror", str(bad),
-                 "--no-progress"]) == 1
+    assert _cli(["download", "aftdb", "--dest", str(tmp_path / "bad-dest"), "--mirror", str(bad), "--no-progress"]) == 1
     assert "FAILED aftdb/1.0.0/learning-set/n01.dat" in capsys.readouterr().out
 
     assert _cli(["download", "mitdb", "--patients", "0-9", "--mirror", str(mirror), "--no-progress"]) == 2
