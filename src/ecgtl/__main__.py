@@ -1,0 +1,5 @@
+import sys
+
+from ecgtl.cli import main
+
+sys.exit(main())

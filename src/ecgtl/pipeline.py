@@ -1,0 +1,116 @@
+"""``ecgtl pipeline``: the main job, from raw data to a prepared store, in one resumable command.
+
+Steps (each skips what an earlier run already did, so a killed run resumes):
+
+1. **mirror**: unpack a local copy of PhysioNet (``../shared/data``: zips + ``physionet-files/``)
+   into ``WORK/mirror``, the layout of ``https://physionet.org/files/``.
+2. **download**: ``ecgtl download`` every database from that mirror into ``WORK/raw``,
+   verifying checksums (the same code that fetches from physionet.org).
+3. **prepare**: Icentia11k (the patients present), MIT-BIH, SVDB and AFTDB into the
+   pre-training store ``WORK/store``.
+4. **cinc**: read every CinC 2017 record and summarise classes and durations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ecgtl.data.cinc2017 import Cinc2017
+from ecgtl.data.download import download, extract_zip
+from ecgtl.data.icentia11k import find_wfdb_patients
+from ecgtl.data.prepare import build_jobs, describe_store
+from ecgtl.data.store import prepare
+from ecgtl.errors import ConfigError
+
+DEFAULT_SHARED = "../shared/data"
+PRETRAIN_DATABASES = ("mitdb", "svdb", "aftdb")
+
+
+def unpack_local_mirror(shared: Path, mirror: Path) -> None:
+    """Unpack ``shared`` (PhysioNet zips + a ``physionet-files/`` tree) into ``mirror``."""
+    if not (shared / "README.md").is_file():
+        raise ConfigError(f"{shared}: not the shared data folder (no README.md); pass --shared-data")
+    mirror.mkdir(parents=True, exist_ok=True)
+    files = shared / "physionet-files"
+    if files.is_dir():
+        for src in files.rglob("*"):
+            if src.is_file():
+                dst = mirror / src.relative_to(files)
+                if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dst.with_name(dst.name + ".part"))
+                    os.replace(dst.with_name(dst.name + ".part"), dst)
+    for z in sorted(shared.glob("*.zip")):
+        extract_zip(z, mirror)
+
+
+def run_pipeline(shared: str | os.PathLike = DEFAULT_SHARED, work: str | os.PathLike = "data",
+                 workers: int = 2, progress: bool = True) -> dict:
+    shared, work = Path(shared), Path(work)
+    summary: dict = {"shared_data": str(shared), "work": str(work), "steps": {}}
+    t0 = time.perf_counter()
+
+    print(f"[1/4] mirror: unpacking {shared} into {work / 'mirror'}")
+    unpack_local_mirror(shared, work / "mirror")
+    summary["steps"]["mirror"] = {"seconds": round(time.perf_counter() - t0, 1)}
+
+    print(f"[2/4] download: from {work / 'mirror'} into {work / 'raw'} (checksums verified)")
+    icentia_present = find_wfdb_patients(work / "mirror" / "icentia11k-continuous-ecg" / "1.0")
+    downloads = {}
+    for db in ("cinc2017", *PRETRAIN_DATABASES, "icentia11k"):
+        patients = ",".join(map(str, icentia_present)) if db == "icentia11k" else None
+        if db == "icentia11k" and not patients:
+            continue
+        report = download(db, work / "raw", mirror=work / "mirror", patients=patients, progress=progress, workers=workers)
+        print("  " + report.summary().replace("\n", "\n  "))
+        report.raise_for_failures()
+        downloads[db] = {"downloaded": len(report.downloaded), "skipped": len(report.skipped),
+                         "bytes": report.bytes_downloaded, "seconds": round(report.seconds, 2)}
+    summary["steps"]["download"] = downloads
+
+    print(f"[3/4] prepare: pre-training store {work / 'store'}")
+    raw = work / "raw"
+    jobs = build_jobs(icentia=str(raw / "icentia11k-continuous-ecg" / "1.0") if icentia_present else None,
+                      patients=",".join(map(str, icentia_present)) or None,
+                      databases=[f"{db}={raw / db / '1.0.0'}" for db in PRETRAIN_DATABASES])
+    report = prepare(work / "store", jobs, workers=workers, progress=progress)
+    print("  " + report.summary().replace("\n", "\n  "))
+    print("  " + describe_store(work / "store").replace("\n", "\n  "))
+    summary["steps"]["prepare"] = {"prepared": len(report.prepared), "kept": len(report.skipped),
+                                   "failures": report.failures, "seconds": round(report.seconds, 1)}
+
+    print("[4/4] cinc: reading PhysioNet/CinC 2017")
+    t = time.perf_counter()
+    cinc = Cinc2017(raw / "challenge-2017" / "1.0.0" / "training2017")
+    records, failures = cinc.read_all(progress=progress)
+    seconds = time.perf_counter() - t
+    durations = np.array([r.duration_s for r in records])
+    counts = {c: sum(r.label == c for r in records) for c in ("N", "A", "O", "~")}
+    print(f"  {len(records)} records ({len(failures)} unreadable) in {seconds:.1f} s ({len(records) / seconds:.0f} records/s); "
+          f"labels {cinc.label_file.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) +
+          f"; duration {durations.min():.1f}-{durations.max():.1f} s (median {np.median(durations):.1f})")
+    summary["steps"]["cinc"] = {"records": len(records), "failures": failures, "class_counts": counts,
+                                "records_per_s": round(len(records) / seconds, 1)}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    out = Path("runs") / "pipeline"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"done in {summary['seconds']:.0f} s; summary in {out / 'summary.json'}")
+    return summary
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("pipeline", help="the main job: mirror -> download -> prepare -> CinC summary (resumable)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared-data", default=DEFAULT_SHARED, help="local PhysioNet copy (default: %(default)s)")
+    p.add_argument("--work", default="data", help="working folder for mirror, raw files and store (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="processes/threads (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=lambda a: 0 if run_pipeline(a.shared_data, a.work, a.workers, not a.no_progress) else 1)

@@ -1,0 +1,84 @@
+"""Heart-rate pretext task: one heart-rate class per frame, vectorised over many frames.
+
+Positions are in **samples**, ``fs`` in **Hz**, heart rate in **beats per minute**.
+
+Class order — the authors' (``_HR_TACHYCARDIA = 0``, ``_HR_BRADYCARDIA = 1``,
+``_HR_NORMAL = 2``, ``_HR_NOISE = 3`` in ``transplant/datasets/icentia11k.py`` of
+github.com/kweimann/ecg-transfer-learning), kept so that heads and confusion
+matrices line up with theirs::
+
+    0 tachycardia   1 bradycardia   2 normal   3 noise
+
+Note: this is *not* the order of :data:`ecgtl.constants.HEART_RATE_CLASSES`
+(noise, bradycardia, normal, tachycardia); use :data:`CLASS_NAMES` of this module
+to name the labels returned here. (The authors' docstring of
+``get_heart_rate_label`` also swaps the names "tachycardia <60 BPM" and
+"bradycardia >100 BPM"; their code, followed here, gives < 60 -> bradycardia.)
+
+Rule (authors' ``heart_rate_data_generator`` -> ``get_complete_beats`` -> ``get_heart_rate_label``)
+    1. Take the *complete beats* of the frame (see :mod:`ecgtl.tasks.beat`: beat
+       ``k`` with ``frame_start <= beat_sample[k-1]`` and
+       ``beat_sample[k] <= frame_start + frame_length``). The first beat inside the
+       frame is not complete, so the RR interval from it to the next beat is not
+       used.
+    2. Fewer than 2 complete beats (i.e. fewer than 3 beats in the frame) -> noise (3).
+    3. Otherwise the mean RR interval of the complete beats, in seconds, is
+       ``(last - first) / (n - 1) / fs`` and ``bpm = 60 / mean RR``;
+       ``bpm < 60`` -> bradycardia (1); ``60 <= bpm <= 100`` -> normal (2), both
+       thresholds included; ``bpm > 100`` -> tachycardia (0). Two complete beats
+       at the same sample (RR 0) give infinite bpm -> tachycardia.
+
+    The bpm is computed as ``60 * fs * (n - 1) / (last - first)``, one correctly
+    rounded division, so a heart rate of exactly 60 or 100 bpm (e.g. RR of 250 or
+    150 samples at 250 Hz) is exactly 60 or 100 and lands in *normal*. The authors
+    average ``diff / fs`` in floating point, which can be off by an ulp at those
+    exact thresholds; nowhere else can the two differ.
+
+For the authors' centred label frame (``label_frame_size`` around the frame
+centre) pass that frame's start and length instead of the input frame's.
+Without beat annotations (CinC 2017), detect the beats first with
+:func:`ecgtl.tasks.qrs.detect_beats`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ecgtl.constants import BRADYCARDIA_BPM, TACHYCARDIA_BPM
+from ecgtl.tasks.beat import _as_frames, _as_fs, _as_positions, _complete_range
+
+HR_TACHYCARDIA, HR_BRADYCARDIA, HR_NORMAL, HR_NOISE = 0, 1, 2, 3
+CLASS_NAMES: tuple[str, ...] = ("tachycardia", "bradycardia", "normal", "noise")
+NUM_CLASSES = len(CLASS_NAMES)
+MIN_COMPLETE_BEATS = 2
+
+
+def heart_rate_bpm(beat_sample, frame_start, frame_length, fs, segment_offsets=None) -> np.ndarray:
+    """Mean heart rate (bpm, float64) of each frame's complete beats; NaN with fewer than 2 of them."""
+    pos = _as_positions(beat_sample)
+    start, length, shape = _as_frames(frame_start, frame_length)
+    fs = _as_fs(fs)
+    lo, hi = _complete_range(pos, start, length, segment_offsets)
+    n = hi - lo
+    ok = n >= MIN_COMPLETE_BEATS
+    bpm = np.full(len(start), np.nan)
+    if np.any(ok):
+        span = (pos[hi[ok] - 1] - pos[lo[ok]]).astype(np.float64)  # samples from first to last complete beat
+        with np.errstate(divide="ignore"):
+            bpm[ok] = 60.0 * fs * (n[ok] - 1) / span
+    return bpm.reshape(shape)
+
+
+def heart_rate_label(beat_sample, frame_start, frame_length, fs, segment_offsets=None) -> np.ndarray:
+    """Heart-rate label (index into :data:`CLASS_NAMES`) of each frame; int64, the shape of ``frame_start``.
+
+    ``beat_sample``: sorted beat positions (samples); ``frame_start``: frame starts
+    (samples); ``frame_length``: samples per frame; ``fs``: Hz. Rule: module docstring.
+    """
+    bpm = heart_rate_bpm(beat_sample, frame_start, frame_length, fs, segment_offsets)
+    out = np.full(bpm.shape, HR_NOISE, np.int64)
+    valid = ~np.isnan(bpm)
+    out[valid & (bpm < BRADYCARDIA_BPM)] = HR_BRADYCARDIA
+    out[valid & (bpm >= BRADYCARDIA_BPM) & (bpm <= TACHYCARDIA_BPM)] = HR_NORMAL
+    out[valid & (bpm > TACHYCARDIA_BPM)] = HR_TACHYCARDIA
+    return out
