@@ -30,9 +30,11 @@ Rule (authors' ``heart_rate_data_generator`` -> ``get_complete_beats`` -> ``get_
 
     The bpm is computed as ``60 * fs * (n - 1) / (last - first)``, one correctly
     rounded division, so a heart rate of exactly 60 or 100 bpm (e.g. RR of 250 or
-    150 samples at 250 Hz) is exactly 60 or 100 and lands in *normal*. The authors
-    average ``diff / fs`` in floating point, which can be off by an ulp at those
-    exact thresholds; nowhere else can the two differ.
+    150 samples at 250 Hz) is exactly 60 or 100 and lands in *normal*, as the
+    authors' ``bpm <= 100`` intends. Their code averages ``diff / fs`` in floating
+    point, which is off by a few ulps at those exact thresholds (11 beats 150
+    samples apart at 250 Hz give 100.00000000000003 -> tachycardia there, 10 give
+    100.0 -> normal); with an integer fs nowhere else can the two differ.
 
 For the authors' centred label frame (``label_frame_size`` around the frame
 centre) pass that frame's start and length instead of the input frame's.
