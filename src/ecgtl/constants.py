@@ -21,8 +21,9 @@ ICENTIA_BEAT_SYMBOLS = {"Q": BEAT_UNDEFINED, "N": BEAT_NORMAL, "S": BEAT_PAC, "a
 RHYTHM_CLASSES = ("undefined", "end", "noise", "nsr", "af", "afl")
 RHYTHM_UNDEFINED, RHYTHM_END, RHYTHM_NOISE, RHYTHM_NSR, RHYTHM_AF, RHYTHM_AFL = range(6)
 
-# Heart-rate classes of the heart-rate pretext task (bpm thresholds 60 and 100).
-HEART_RATE_CLASSES = ("noise", "bradycardia", "normal", "tachycardia")
+# Heart-rate classes of the heart-rate pretext task, in the authors' index order
+# (bpm < 60 bradycardia, 60-100 normal, > 100 tachycardia, fewer than 2 complete beats noise).
+HEART_RATE_CLASSES = ("tachycardia", "bradycardia", "normal", "noise")
 BRADYCARDIA_BPM = 60.0
 TACHYCARDIA_BPM = 100.0
 

@@ -24,8 +24,11 @@ heart-rate label; gqrs keeps sensitivity >= 0.99 on every record tried, at a
 cost of minutes for the whole CinC set. gqrs needs no learning phase, so it also
 works on short records.
 
-Positions are where gqrs places the QRS (close to the R peak; within a few
-samples of the MIT-BIH reference on record 100).
+Positions are gqrs's QRS fiducial points, which sit a nearly constant 31-39 ms
+*before* the annotated R peak (median on MIT-BIH records 100, 105, 203, resampled
+to 128, 250, 300 and 360 Hz; sensitivity within 150 ms stayed >= 0.993 at every
+rate). The positions are not shifted: a constant offset leaves RR intervals and
+hence heart-rate labels unchanged.
 """
 
 from __future__ import annotations

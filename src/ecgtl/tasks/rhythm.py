@@ -25,7 +25,7 @@ of github.com/kweimann/ecg-transfer-learning)
       with ``segment_offsets``), the last beat's rhythm also covers the rest of
       the frame up to ``frame_end`` (the authors' ``append=end``);
     * when no beat lies after ``frame_start`` at all, there is no rhythm: label
-      undefined (0). (The authors' code raises an IndexError there.)
+      undefined (0), as in the authors' code (its label array is empty there).
 
     The durations of a frame always sum to ``frame_length`` when it has a rhythm.
 

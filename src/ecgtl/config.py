@@ -1,0 +1,180 @@
+"""One config system: dataclasses, YAML presets, ``key=value`` overrides.
+
+A run's configuration is a dataclass (``FinetuneConfig``, ...). Presets are YAML files in
+``ecgtl/configs/`` (``cpu``, ``paper``) or any path; the command line overrides single
+fields with ``--set optim.lr=3e-4``. The resolved config is written next to the run's
+outputs, so every number a run produced says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from ecgtl.constants import PAPER_ADAM
+from ecgtl.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class OptimConfig:
+    """Adam(W) as in the study (lr 1e-3, betas 0.9/0.98, eps 1e-9) plus an optional schedule."""
+
+    lr: float = PAPER_ADAM["lr"]
+    betas: tuple[float, float] = PAPER_ADAM["betas"]
+    eps: float = PAPER_ADAM["eps"]
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant" (the study) or "cosine" (with linear warm-up)
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # the authors' post-activation ResNet-18 ("v2" in the paper); resnet18v2 = pre-activation
+    width: float = 1.0  # channel multiplier (0.25 -> 16..128 channels)
+    drop_rate: float = 0.0
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning on PhysioNet/CinC 2017 (see ``ecgtl finetune --help``)."""
+
+    data: str = "data/raw/challenge-2017/1.0.0/training2017"
+    labels: str = "v3"  # "v3", "original" or a label file
+    splits: str | None = None  # a splits JSON to reuse; default: made from split_seed and saved in the run folder
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.05
+    label_fraction: float = 1.0  # fraction of the training records used (low-label fine-tuning)
+    fs: float = 250.0  # Hz of the model input (records are resampled from 300 Hz)
+    input: str = "crop"  # "crop": random crops in training, sliding windows at test; "paper": last 65.5 s zero-padded
+    crop_seconds: float = 16.384  # training crop (and test window) length, s
+    hop_seconds: float = 8.192  # hop of the test-time sliding windows, s
+    paper_samples: int = 16_384  # input length of input="paper"
+    normalization: str = "train"  # "train": mean/std of the training records; "paper": (x - 0.0075) / 0.2373
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    init: str | None = None  # pre-trained backbone (a model card JSON or .safetensors); None = random init
+    freeze_epochs: int = 0  # train only the new head for this many epochs first
+    class_weights: bool = False  # inverse-frequency weighted cross-entropy
+    epochs: int = 200
+    patience: int = 50  # early stopping on validation macro-F1
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    compile: bool = False  # torch.compile the model (GPU)
+    out: str = "runs/finetune"
+    bootstrap: int = 1000  # bootstrap replicates of the confidence intervals
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(typ, value, prefix=key + ".")
+    if value is None:
+        return None
+    if origin is tuple:
+        return tuple(float(v) for v in value)
+    if typ is float or typ == (float | None):
+        return float(value)
+    if typ is int or typ == (int | None):
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value}")
+        return int(value)
+    if typ is bool:
+        if isinstance(value, str):
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return bool(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) dict, refusing unknown keys."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in sorted(unknown))}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def preset_path(name_or_path: str, kind: str) -> Path:
+    """A preset by name (``cpu``, ``paper``: ``ecgtl/configs/<kind>-<name>.yaml``) or a YAML path."""
+    if os.path.isfile(name_or_path):
+        return Path(name_or_path)
+    path = resources.files("ecgtl") / "configs" / f"{kind}-{name_or_path}.yaml"
+    if not path.is_file():
+        available = sorted(p.name[len(kind) + 1:-5] for p in (resources.files("ecgtl") / "configs").iterdir()
+                           if p.name.startswith(kind + "-"))
+        raise ConfigError(f"no {kind} preset {name_or_path!r}; available: {', '.join(available)} (or a YAML path)")
+    return Path(str(path))
+
+
+def _set_override(data: dict, assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep:
+        raise ConfigError(f"override {assignment!r}: expected key=value")
+    value = yaml.safe_load(raw)
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(cls: type[T], preset: str | None, kind: str, overrides: list[str] = ()) -> T:
+    """Defaults of ``cls``, then the preset's values, then the ``key=value`` overrides."""
+    data = to_dict(cls())
+    if preset:
+        path = preset_path(preset, kind)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        _merge(data, loaded)
+    for o in overrides:
+        _set_override(data, o)
+    return from_dict(cls, data)
+
+
+def _merge(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def save_config(cfg, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))

@@ -1,0 +1,228 @@
+"""The training engine: one loop for pre-training and fine-tuning.
+
+Training runs in *rounds* (an epoch when fine-tuning, N steps when pre-training). A round
+is fully determined by ``(seed, round)``: the caller's ``make_batches(round)`` must draw its
+data from that, and the engine seeds torch/numpy/random from it before the round. After
+every round the engine evaluates, logs a CSV row (and TensorBoard if installed), keeps the
+best weights (``best.safetensors``) and writes a checkpoint atomically. So a run killed at
+any moment resumes from its last checkpoint and ends with the same weights as an
+uninterrupted run with the same seed.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: they hold only tensors and
+plain Python values, never pickled objects.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+CHECKPOINT_FILE, BEST_FILE, METRICS_FILE = "checkpoint.pt", "best.safetensors", "metrics.csv"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def round_seed(seed: int, round_index: int) -> int:
+    """A distinct, reproducible seed per (run seed, round)."""
+    return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0])
+
+
+@dataclass
+class TrainState:
+    round: int = 0  # rounds completed
+    step: int = 0  # optimiser steps completed
+    best_metric: float = -math.inf
+    best_round: int = -1
+    stale_rounds: int = 0  # rounds since the best (early stopping)
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module behind DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+class Trainer:
+    """Rounds of training + evaluation with checkpoints, early stopping, CSV logs.
+
+    ``step_fn(model, batch) -> (loss, n_items)`` computes the loss of one batch (the engine
+    moves nothing: the step function puts tensors on the device). ``evaluate(model, round)``
+    returns a dict of metrics; ``monitor`` names the one that selects the best model
+    (higher is better unless ``mode="min"``). ``on_round_start(model, round)`` may freeze or
+    unfreeze parameters (fine-tuning schedules).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 step_fn: Callable[[torch.nn.Module, object], tuple[torch.Tensor, int]],
+                 make_batches: Callable[[int], Iterable], evaluate: Callable[[torch.nn.Module, int], dict],
+                 out_dir: str | os.PathLike, rounds: int, monitor: str, mode: str = "max",
+                 patience: int | None = None, scheduler=None, seed: int = 0, device: torch.device | None = None,
+                 amp: bool = False, on_round_start: Callable[[torch.nn.Module, int], None] | None = None,
+                 steps_per_round: int | None = None, progress: bool = True, best_metadata: dict | None = None,
+                 is_main: bool = True):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.step_fn, self.make_batches, self.evaluate = step_fn, make_batches, evaluate
+        self.out = Path(out_dir)
+        self.rounds, self.monitor, self.mode, self.patience = rounds, monitor, mode, patience
+        self.seed, self.device = seed, device or torch.device("cpu")
+        self.amp = amp and self.device.type == "cuda"
+        self.on_round_start, self.steps_per_round, self.progress = on_round_start, steps_per_round, progress
+        self.best_metadata = {k: str(v) for k, v in (best_metadata or {}).items()}
+        self.is_main = is_main
+        self.state = TrainState()
+        self._tb = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "state": json.dumps(asdict(self.state)),
+        }
+
+    def resume(self) -> bool:
+        """Load the last checkpoint if there is one; return whether it did."""
+        path = self.out / CHECKPOINT_FILE
+        if not path.is_file():
+            return False
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        unwrap(self.model).load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.state = TrainState(**json.loads(ckpt["state"]))
+        return True
+
+    def _write_metrics(self) -> None:
+        if not self.state.history:
+            return
+        keys = list(dict.fromkeys(k for row in self.state.history for k in row))
+        tmp = self.out / f".{METRICS_FILE}.tmp"
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.state.history)
+        os.replace(tmp, self.out / METRICS_FILE)
+
+    def _tensorboard(self, row: dict) -> None:
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional: the CSV is the record
+                self._tb = False
+                return
+            self._tb = SummaryWriter(str(self.out / "tensorboard"))
+        if self._tb:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("round", "step"):
+                    self._tb.add_scalar(k, v, row["step"])
+            self._tb.flush()
+
+    # ------------------------------------------------------------------ the loop
+    def _improved(self, value: float) -> bool:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        v = value if self.mode == "max" else -value
+        return v > self.state.best_metric
+
+    def fit(self, resume: bool = True) -> TrainState:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume and self.resume() and self.is_main:
+            print(f"resumed from {self.out / CHECKPOINT_FILE} after round {self.state.round} (step {self.state.step})")
+        while self.state.round < self.rounds and not self.state.stopped_early:
+            r = self.state.round
+            seed_everything(round_seed(self.seed, r))
+            if self.on_round_start is not None:
+                self.on_round_start(unwrap(self.model), r)
+            self.model.train()
+            t0 = time.perf_counter()
+            total, count = 0.0, 0
+            bar = tqdm(self.make_batches(r), total=self.steps_per_round, desc=f"round {r + 1}/{self.rounds}",
+                       unit="batch", leave=False, disable=not (self.progress and self.is_main))
+            for batch in bar:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    loss, n = self.step_fn(self.model, batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.state.step += 1
+                total += float(loss.detach()) * n
+                count += n
+                bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+            bar.close()
+            train_seconds = time.perf_counter() - t0
+            self.model.eval()
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                metrics = self.evaluate(unwrap(self.model), r)
+            row = {"round": r + 1, "step": self.state.step, "train_loss": total / max(count, 1),
+                   "train_items_per_s": count / max(train_seconds, 1e-9), "train_seconds": round(train_seconds, 2),
+                   "lr": self.optimizer.param_groups[0]["lr"], **metrics}
+            self.state.round = r + 1
+            self.state.history.append(row)
+            value = metrics.get(self.monitor)
+            if self._improved(value):
+                self.state.best_metric = value if self.mode == "max" else -value
+                self.state.best_round = r + 1
+                self.state.stale_rounds = 0
+                if self.is_main:
+                    _atomic_safetensors(unwrap(self.model).state_dict(), self.out / BEST_FILE,
+                                        {**self.best_metadata, "round": str(r + 1), self.monitor: str(value)})
+            else:
+                self.state.stale_rounds += 1
+            if self.patience is not None and self.state.stale_rounds >= self.patience:
+                self.state.stopped_early = True
+            if self.is_main:
+                _atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT_FILE)
+                self._write_metrics()
+                self._tensorboard(row)
+                shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                                  if k not in ("round", "lr", "train_seconds"))
+                tqdm.write(f"round {r + 1}/{self.rounds}: {shown} ({train_seconds:.0f} s)")
+        if self._tb:
+            self._tb.close()
+        return self.state
