@@ -17,13 +17,14 @@ from ecgtl.errors import EcgtlError
 def build_parser() -> argparse.ArgumentParser:
     from ecgtl import pipeline
     from ecgtl.data import download, prepare
+    from ecgtl.train import finetune
 
     parser = argparse.ArgumentParser(prog="ecgtl", description="Transfer learning for ECG classification "
                                      "(pre-train on Icentia11k, fine-tune on PhysioNet/CinC 2017).")
     parser.add_argument("--version", action="version", version=f"ecgtl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (download, prepare, pipeline):
+    for module in (download, prepare, finetune, pipeline):
         module.add_parser(sub)
     return parser
 

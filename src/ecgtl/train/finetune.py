@@ -1,0 +1,287 @@
+"""``ecgtl finetune``: train a 4-class classifier (N, A, O, ~) on PhysioNet/CinC 2017.
+
+From random initialisation or from a pre-trained backbone (``init``: a model card); the
+same engine as pre-training (:mod:`ecgtl.train.engine`). The splits are written to the run
+folder, so every run of an experiment can reuse the same records (``splits=...``); the
+model is chosen on the validation split by macro-F1 and only then scored on test.
+
+Outputs in ``out``: ``config.yaml``, ``splits.json``, ``metrics.csv`` (per-round validation
+curves), ``curves.png``, ``best.safetensors`` + ``model.json`` (the card),
+``predictions_{val,test}.csv`` and ``report_{val,test}.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ecgtl.config import FinetuneConfig, load_config, save_config, to_dict
+from ecgtl.constants import CINC_CLASSES
+from ecgtl.data.cinc2017 import Cinc2017
+from ecgtl.data.cinc_dataset import CincCropDataset, CincPaperDataset, CincWindowDataset, aggregate_windows, prepare_cinc
+from ecgtl.data.splits import load_splits, make_splits, save_splits, subset_labels
+from ecgtl.data.transforms import PAPER_CINC, Normalization
+from ecgtl.errors import ConfigError
+from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_class, format_report, macro_f1
+from ecgtl.models import create_model
+from ecgtl.models.card import model_from_card, write_card
+from ecgtl.models.registry import HEAD_PREFIX
+from ecgtl.train.engine import BEST_FILE, Trainer, resolve_device, round_seed
+
+NUM_CLASSES = len(CINC_CLASSES)
+
+
+def build_optimizer(model: torch.nn.Module, cfg, steps_per_round: int, rounds: int):
+    o = cfg.optim
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if o.schedule == "constant":
+        return opt, None
+    if o.schedule != "cosine":
+        raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}")
+    total = max(1, steps_per_round * rounds)
+    warm = int(o.warmup_epochs * steps_per_round)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, dataset, batch_size: int, device: torch.device) -> np.ndarray:
+    """Per-record class probabilities (windows averaged) for a window or paper dataset."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    probs, index = [], []
+    for x, idx in loader:
+        logits = model(x.to(device)).float()
+        probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+        index.append(np.asarray(idx))
+    probs, index = np.concatenate(probs), np.concatenate(index)
+    if isinstance(dataset, CincWindowDataset):
+        return aggregate_windows(probs, dataset.record_index)
+    return probs
+
+
+def _eval_dataset(cfg: FinetuneConfig, signals, labels):
+    if cfg.input == "paper":
+        return _IndexDataset(CincPaperDataset(signals, labels, cfg.paper_samples))
+    win = int(round(cfg.crop_seconds * cfg.fs))
+    hop = int(round(cfg.hop_seconds * cfg.fs))
+    return CincWindowDataset(signals, labels, win, hop)
+
+
+class _IndexDataset(torch.utils.data.Dataset):
+    """Paper-style dataset returning (x, record index) like the window dataset."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return self.base[i][0], i
+
+
+def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    # ---- data: read, split, preprocess
+    cinc = Cinc2017(cfg.data, labels=cfg.labels)
+    records, failures = cinc.read_all(progress=progress)
+    for name, why in failures:
+        print(f"skipped {name}: {why}")
+    by_name = {r.name: r for r in records}
+    if not cinc.labels:
+        raise ConfigError(f"{cfg.data}: no label file; fine-tuning needs labels")
+    split_file = Path(cfg.splits) if cfg.splits else out / "splits.json"
+    if split_file.is_file():
+        splits = load_splits(split_file)
+    else:
+        names = sorted(by_name)
+        splits = make_splits(names, [by_name[n].label for n in names], test_fraction=cfg.test_fraction,
+                             val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+        save_splits(split_file, splits, seed=cfg.split_seed, label_file=str(cinc.label_file),
+                    test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
+    if cfg.splits:
+        save_splits(out / "splits.json", splits, source=str(cfg.splits))
+    missing = [n for part in splits.values() for n in part if n not in by_name]
+    if missing:
+        raise ConfigError(f"{split_file}: {len(missing)} record(s) not readable in {cfg.data}, e.g. {missing[:3]}")
+    train_names = splits["train"]
+    if cfg.label_fraction < 1.0:
+        train_names = subset_labels(train_names, [by_name[n].label for n in train_names], cfg.label_fraction, cfg.seed)
+    label_of = lambda names: np.array([CINC_CLASSES.index(by_name[n].label) for n in names])  # noqa: E731
+    t0 = time.perf_counter()
+    raw_train = prepare_cinc([by_name[n] for n in train_names], cfg.fs, None)
+    norm = PAPER_CINC if cfg.normalization == "paper" else Normalization.from_records(raw_train)
+    signals = {part: prepare_cinc([by_name[n] for n in names], cfg.fs, norm)
+               for part, names in (("train", train_names), ("val", splits["val"]), ("test", splits["test"]))}
+    labels = {"train": label_of(train_names), "val": label_of(splits["val"]), "test": label_of(splits["test"])}
+    print(f"data: {len(train_names)} train / {len(splits['val'])} val / {len(splits['test'])} test records at "
+          f"{cfg.fs:g} Hz, normalisation mean {norm.mean:.4f} std {norm.std:.4f} mV ({time.perf_counter() - t0:.1f} s)")
+
+    # ---- model
+    if cfg.init:
+        model, card = model_from_card(cfg.init, num_classes=NUM_CLASSES)
+        if abs(float(card["fs"]) - cfg.fs) > 1e-6:
+            print(f"warning: backbone pre-trained at {card['fs']} Hz, fine-tuning at {cfg.fs:g} Hz")
+        if (card["architecture"], float(card["width"])) != (cfg.model.name, float(cfg.model.width)):
+            print(f"note: architecture from the card: {card['architecture']} width {card['width']}")
+        if cfg.model.drop_rate:
+            model.head_drop.p = cfg.model.drop_rate
+    else:
+        model = create_model(cfg.model.name, num_classes=NUM_CLASSES, width=cfg.model.width, drop_rate=cfg.model.drop_rate)
+    model.to(device)
+    arch = model.model_name if hasattr(model, "model_name") else cfg.model.name
+    width = float(card["width"]) if cfg.init else cfg.model.width
+
+    # ---- training data
+    if cfg.input == "crop":
+        train_ds = CincCropDataset(signals["train"], labels["train"], int(round(cfg.crop_seconds * cfg.fs)), seed=cfg.seed)
+    elif cfg.input == "paper":
+        train_ds = CincPaperDataset(signals["train"], labels["train"], cfg.paper_samples)
+    else:
+        raise ConfigError(f"input must be 'crop' or 'paper', got {cfg.input!r}")
+    steps_per_round = math.ceil(len(train_ds) / cfg.batch_size)
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_round, cfg.epochs)
+    class_weight = None
+    if cfg.class_weights:
+        counts = np.bincount(labels["train"], minlength=NUM_CLASSES).astype(float)
+        class_weight = torch.tensor(counts.sum() / (NUM_CLASSES * np.maximum(counts, 1)), dtype=torch.float32, device=device)
+
+    def make_batches(r: int):
+        if hasattr(train_ds, "set_epoch"):
+            train_ds.set_epoch(r)
+        g = torch.Generator().manual_seed(round_seed(cfg.seed, r))
+        return torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
+                                           num_workers=cfg.num_workers, drop_last=False)
+
+    def step_fn(m, batch):
+        x, y = batch
+        logits = m(x.to(device, non_blocking=True))
+        return F.cross_entropy(logits.float(), y.to(device), weight=class_weight), len(y)
+
+    val_ds = _eval_dataset(cfg, signals["val"], labels["val"])
+
+    def evaluate(m, r):
+        probs = predict_probs(m, val_ds, cfg.eval_batch_size, device)
+        pred = probs.argmax(1)
+        f1 = f1_per_class(labels["val"], pred, NUM_CLASSES)
+        nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(pred)), labels["val"]], 1e-12, 1))))
+        return {"val_loss": nll, "val_macro_f1": float(macro_f1(labels["val"], pred, NUM_CLASSES)),
+                "val_challenge_f1": float(challenge_f1(labels["val"], pred)),
+                **{f"val_f1_{c}": float(v) for c, v in zip(("N", "A", "O", "noisy"), f1)}}
+
+    def on_round_start(m, r):
+        frozen = r < cfg.freeze_epochs
+        for name, p in m.named_parameters():
+            p.requires_grad_(not frozen or name.startswith(HEAD_PREFIX))
+
+    trainer = Trainer(model, optimizer, step_fn, make_batches, evaluate, out, rounds=cfg.epochs,
+                      monitor="val_macro_f1", patience=cfg.patience, scheduler=scheduler, seed=cfg.seed, device=device,
+                      amp=cfg.amp, on_round_start=on_round_start if cfg.freeze_epochs else None,
+                      steps_per_round=steps_per_round, progress=progress,
+                      best_metadata={"architecture": arch, "fs": cfg.fs})
+    t_train = time.perf_counter()
+    state = trainer.fit()
+    train_minutes = (time.perf_counter() - t_train) / 60
+
+    # ---- the best model (chosen on validation), scored on val and test
+    card_fields = dict(architecture=arch, width=width, num_classes=NUM_CLASSES, classes=list(CINC_CLASSES),
+                       fs=cfg.fs, normalization={"mean": norm.mean, "std": norm.std, "units": "mV"},
+                       input=cfg.input, window_samples=int(round(cfg.crop_seconds * cfg.fs)),
+                       hop_samples=int(round(cfg.hop_seconds * cfg.fs)), paper_samples=cfg.paper_samples,
+                       task="cinc2017", init=cfg.init, seed=cfg.seed, best_round=state.best_round,
+                       rounds_run=state.round, steps=state.step, train_records=len(train_names),
+                       config=to_dict(cfg))
+    card = write_card(out / "model.json", out / BEST_FILE, **card_fields)
+    best, _ = model_from_card(out / "model.json")
+    best.to(device)
+    results = {"best_round": state.best_round, "rounds_run": state.round, "stopped_early": state.stopped_early,
+               "train_minutes_this_session": round(train_minutes, 2)}
+    for part in ("val", "test"):
+        t = time.perf_counter()
+        ds = _eval_dataset(cfg, signals[part], labels[part])
+        probs = predict_probs(best, ds, cfg.eval_batch_size, device)
+        seconds = time.perf_counter() - t
+        report = classification_report(labels[part], probs, n_boot=cfg.bootstrap, seed=cfg.seed, split=part)
+        report["inference_records_per_s"] = len(probs) / seconds
+        (out / f"report_{part}.json").write_text(json.dumps(report, indent=1))
+        write_predictions(out / f"predictions_{part}.csv", splits[part], labels[part], probs)
+        results[part] = report
+        print(f"== {part} ({len(probs)} records, best round {state.best_round}) ==")
+        print(format_report(report))
+    plot_curves(out / "metrics.csv", out / "curves.png")
+    (out / "results.json").write_text(json.dumps({k: v for k, v in results.items()}, indent=1, default=float))
+    return results
+
+
+def write_predictions(path: Path, names, labels, probs: np.ndarray) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["record", "label", "prediction", *[f"p_{c}" for c in CINC_CLASSES]])
+        for n, y, p in zip(names, labels, probs):
+            w.writerow([n, CINC_CLASSES[int(y)] if y >= 0 else "", CINC_CLASSES[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+
+
+def plot_curves(metrics_csv: Path, png: Path) -> None:
+    """Training loss and validation F1 per round (what people look at to judge convergence)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_csv) as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    r = [int(x["round"]) for x in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot(r, [float(x["train_loss"]) for x in rows], label="train loss")
+    a.plot(r, [float(x["val_loss"]) for x in rows], label="val loss")
+    a.set_xlabel("epoch"), a.legend(), a.set_title("loss")
+    b.plot(r, [float(x["val_macro_f1"]) for x in rows], label="val macro-F1 (4 classes)")
+    b.plot(r, [float(x["val_challenge_f1"]) for x in rows], label="val challenge F1 (N, A, O)")
+    b.set_xlabel("epoch"), b.legend(), b.set_title("validation")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("finetune", help="fine-tune on PhysioNet/CinC 2017 (random init or a pre-trained backbone)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu", help="preset name (cpu, paper) or YAML path (default: cpu)")
+    p.add_argument("--data", help="CinC folder (RECORDS, REFERENCE*.csv, .mat/.hea)")
+    p.add_argument("--init", help="pre-trained model card (model.json) to start from")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_from_args)
+
+
+def run_from_args(args) -> int:
+    overrides = list(args.set)
+    for key in ("data", "init", "out", "seed"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    cfg = load_config(FinetuneConfig, args.preset, "finetune", overrides)
+    run_finetune(cfg, progress=not args.no_progress)
+    return 0
