@@ -17,6 +17,7 @@ from ecgtl.errors import EcgtlError
 def build_parser() -> argparse.ArgumentParser:
     from ecgtl import pipeline
     from ecgtl.data import download, prepare
+    from ecgtl.evaluate import commands as evaluate_commands
     from ecgtl.train import finetune
 
     parser = argparse.ArgumentParser(prog="ecgtl", description="Transfer learning for ECG classification "
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ecgtl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (download, prepare, finetune, pipeline):
+    for module in (download, prepare, finetune, evaluate_commands, pipeline):
         module.add_parser(sub)
     return parser
 

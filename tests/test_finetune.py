@@ -1,0 +1,159 @@
+"""Fine-tuning, evaluate, predict and export end to end on the real CinC 2017 data (tiny model, few steps)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from safetensors.torch import save_file
+
+from ecgtl.cli import main as cli
+from ecgtl.config import FinetuneConfig, load_config
+from ecgtl.constants import CINC_CLASSES
+from ecgtl.evaluate.commands import load_recording, run_evaluate, run_export
+from ecgtl.evaluate.inference import Classifier
+from ecgtl.models import create_model
+from ecgtl.models.card import write_card
+from ecgtl.train.finetune import run_finetune
+
+TINY = ["fs=100", "crop_seconds=20.48", "hop_seconds=10.24", "model.width=0.125", "epochs=2", "label_fraction=0.1",
+        "batch_size=32", "bootstrap=50", "optim.warmup_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(cinc_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finetune")
+    cfg = load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={out}"])
+    results = run_finetune(cfg, progress=False)
+    return out, results
+
+
+def _read_predictions(path):
+    with open(path) as fh:
+        return {row["record"]: row for row in csv.DictReader(fh)}
+
+
+def test_finetune_writes_a_complete_run(tiny_run):
+    out, results = tiny_run
+    for name in ("config.yaml", "splits.json", "metrics.csv", "curves.png", "best.safetensors", "model.json",
+                 "predictions_val.csv", "predictions_test.csv", "report_val.json", "report_test.json", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["round"]) for r in rows] == [1, 2] and "val_macro_f1" in rows[0]
+    card = json.loads((out / "model.json").read_text())
+    assert card["fs"] == 100 and card["num_classes"] == 4 and card["architecture"] == "resnet18v2"
+    assert set(card["normalization"]) >= {"mean", "std"}
+    splits = json.loads((out / "splits.json").read_text())["splits"]
+    assert len(splits["test"]) == 1450 and len(splits["val"]) == 362
+    assert results["test"]["n"] == 1450
+    assert not set(splits["test"]) & set(splits["train"])
+
+
+def test_rerun_resumes_and_keeps_the_splits(tiny_run, cinc_folder):
+    out, _ = tiny_run
+    before = (out / "splits.json").read_text()
+    cfg = load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={out}", "bootstrap=0"])
+    run_finetune(cfg, progress=False)  # both rounds done: nothing retrained, same split file
+    assert (out / "splits.json").read_text() == before
+    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2
+
+
+def test_evaluate_on_a_folder_of_test_records_reproduces_finetune(tiny_run, cinc_folder, tmp_path):
+    out, _ = tiny_run
+    test_names = json.loads((out / "splits.json").read_text())["splits"]["test"][:60]
+    folder = tmp_path / "subset"
+    folder.mkdir()
+    for n in test_names:
+        for ext in (".hea", ".mat"):
+            shutil.copy(cinc_folder / (n + ext), folder / (n + ext))
+    (folder / "RECORDS").write_text("\n".join(test_names) + "\n")
+    labels = {r.split(",")[0]: r.split(",")[1] for r in (cinc_folder.parent / "REFERENCE-v3.csv").read_text().split()}
+    (folder / "REFERENCE.csv").write_text("".join(f"{n},{labels[n]}\n" for n in test_names))
+    report = run_evaluate(str(out), str(folder), labels="v3", out=str(tmp_path / "eval"), n_boot=0, progress=False)
+    ours = _read_predictions(tmp_path / "eval" / "predictions.csv")
+    theirs = _read_predictions(out / "predictions_test.csv")
+    for n in test_names:
+        assert ours[n]["prediction"] == theirs[n]["prediction"], n
+        np.testing.assert_allclose([float(ours[n][f"p_{c}"]) for c in CINC_CLASSES],
+                                   [float(theirs[n][f"p_{c}"]) for c in CINC_CLASSES], atol=1e-4)
+    from ecgtl.evaluate.metrics import macro_f1
+
+    y = [CINC_CLASSES.index(labels[n]) for n in test_names]
+    p = [CINC_CLASSES.index(theirs[n]["prediction"]) for n in test_names]
+    assert report["macro_f1"] == pytest.approx(macro_f1(y, p))
+
+
+def test_predict_formats_and_rejections(tiny_run, cinc_folder, mirror, tmp_path, capsys):
+    out, _ = tiny_run
+    clf = Classifier(out)
+    sig, fs = load_recording(str(cinc_folder / "A00001.mat"))
+    assert fs == 300 and sig.shape == (9000,)
+    np.save(tmp_path / "a.npy", sig)
+    np.savetxt(tmp_path / "a.csv", sig[:, None], delimiter=",", header="ecg_mV", comments="")
+    mat_probs = clf.predict_proba([sig], 300)[0]
+    for f in ("a.npy", "a.csv"):
+        s, r = load_recording(str(tmp_path / f), fs=300)
+        np.testing.assert_allclose(clf.predict_proba([s], r)[0], mat_probs, atol=1e-5)
+    # a multi-lead WFDB record at 360 Hz
+    assert cli(["predict", str(mirror / "mitdb" / "1.0.0" / "100.hea"), "--checkpoint", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    assert result["label"] in CINC_CLASSES and result["fs"] == 360
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    # rejections, each naming the file and the problem
+    np.save(tmp_path / "short.npy", sig[:600])
+    bad = sig.copy()
+    bad[100] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4000)))
+    code = cli(["predict", str(tmp_path / "short.npy"), str(tmp_path / "nan.npy"), str(tmp_path / "cube.npy"),
+                str(cinc_folder / "A00001.mat"), "--fs", "300", "--checkpoint", str(out)])
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "short.npy: recording too short: 2.00 s" in text
+    assert "nan.npy: signal has 1 non-finite" in text
+    assert "cube.npy: expected a single-lead recording" in text
+    assert "A00001.mat: " in text and "error" not in text.split("A00001.mat: ")[1].splitlines()[0]
+    with pytest.raises(Exception, match="pass --fs"):
+        load_recording(str(tmp_path / "a.npy"))
+
+
+def test_export_onnx_matches_pytorch_on_real_records(tiny_run, cinc_folder, tmp_path):
+    out, _ = tiny_run
+    result = run_export(str(out), str(tmp_path / "model.onnx"), verify_data=str(cinc_folder), verify_records=8)
+    assert result["max_abs_logit_difference"] < 1e-3 and result["same_predictions"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert float(meta["fs_hz"]) == 100 and meta["classes"] == "N,A,O,~"
+    # dynamic length: a different number of samples runs too
+    assert session.run(None, {"ecg": np.zeros((3, 1, 3000), np.float32)})[0].shape == (3, 4)
+
+
+def test_finetune_from_a_pretrained_backbone_card(cinc_folder, tmp_path):
+    backbone = create_model("resnet18v2", num_classes=5, width=0.125)  # e.g. a beat-task model
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(tmp_path / "backbone.safetensors"))
+    write_card(tmp_path / "backbone.json", tmp_path / "backbone.safetensors", architecture="resnet18v2", width=0.125,
+               num_classes=5, fs=100, normalization={"mean": 0.0, "std": 0.2}, task="beat")
+    cfg = load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={tmp_path / 'run'}",
+                                                                   f"init={tmp_path / 'backbone.json'}", "epochs=1",
+                                                                   "freeze_epochs=1", "bootstrap=0"])
+    run_finetune(cfg, progress=False)
+    tuned = torch.nn.Module()
+    from safetensors.torch import load_file
+
+    tuned_state = load_file(str(tmp_path / "run" / "best.safetensors"))
+    # the backbone was frozen in epoch 1: conv weights are the pre-trained ones, the head is new
+    for k, v in backbone.state_dict().items():
+        if k.startswith("head."):
+            continue
+        if "running" in k or "num_batches" in k:
+            continue  # BN statistics still update in train mode
+        assert torch.equal(tuned_state[k], v), k
+    assert tuned_state["head.weight"].shape[0] == 4
+    del tuned
