@@ -18,14 +18,14 @@ def build_parser() -> argparse.ArgumentParser:
     from ecgtl import pipeline
     from ecgtl.data import download, prepare
     from ecgtl.evaluate import commands as evaluate_commands
-    from ecgtl.train import finetune
+    from ecgtl.train import finetune, pretrain
 
     parser = argparse.ArgumentParser(prog="ecgtl", description="Transfer learning for ECG classification "
                                      "(pre-train on Icentia11k, fine-tune on PhysioNet/CinC 2017).")
     parser.add_argument("--version", action="version", version=f"ecgtl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (download, prepare, finetune, evaluate_commands, pipeline):
+    for module in (download, prepare, pretrain, finetune, evaluate_commands, pipeline):
         module.add_parser(sub)
     return parser
 

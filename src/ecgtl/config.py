@@ -77,6 +77,34 @@ class FinetuneConfig:
     bootstrap: int = 1000  # bootstrap replicates of the confidence intervals
 
 
+@dataclass
+class PretrainConfig:
+    """Pre-training on the prepared store (see ``ecgtl pretrain --help``)."""
+
+    store: str = "data/store"
+    task: str = "beat"  # beat | rhythm | heart_rate | future
+    sources: list | None = None  # store sources to use, e.g. [icentia11k-wfdb, mitdb]; None = all
+    patient_fraction: float = 1.0  # fraction of the training patients (data-size ablation)
+    val_fraction: float = 0.05  # patients held out for validation
+    fs: float = 250.0  # Hz of the model input; frames are resampled from the store's 250 Hz when different
+    frame_samples: int = 4096  # samples at ``fs`` (the study: 512, 2048, 4096 at 250 Hz); future task: one frame
+    context_frames: int = 8  # future task: context frames before the predicted one
+    frames_per_patient: int = 64  # frames drawn from each training patient per round
+    val_frames_per_patient: int = 32
+    rounds: int = 10
+    patience: int | None = None
+    batch_size: int = 32
+    num_workers: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on GPU
+    compile: bool = False
+    sync_bn: bool = True  # SyncBatchNorm across DDP ranks, so a multi-GPU run equals one big batch
+    out: str = "runs/pretrain"
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = getattr(typ, "__origin__", None)
     if dataclasses.is_dataclass(typ):
@@ -87,6 +115,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         return None
     if origin is tuple:
         return tuple(float(v) for v in value)
+    if typ == (list | None) or typ is list:
+        return list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
     if typ is float or typ == (float | None):
         return float(value)
     if typ is int or typ == (int | None):

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ecgtl.data.annotations import PROFILES
+from ecgtl.data.cinc2017 import Cinc2017, CincPretrainRecord, read_record_list
 from ecgtl.data.download import parse_patients
 from ecgtl.data.icentia11k import IcentiaTorrentPatient, IcentiaWfdbPatient, find_torrent_patients, find_wfdb_patients
 from ecgtl.data.store import Store, prepare
@@ -16,7 +17,8 @@ from ecgtl.errors import ConfigError
 
 
 def build_jobs(icentia: str | None = None, icentia_torrent: str | None = None, patients: str | None = None,
-               torrent_gain: float = 1.0, databases: list[str] = ()) -> list[tuple[str, object]]:
+               torrent_gain: float = 1.0, databases: list[str] = (), cinc: str | None = None,
+               cinc_records: str | None = None) -> list[tuple[str, object]]:
     """``(patient_id, reader_factory)`` jobs for :func:`ecgtl.data.store.prepare`.
 
     ``databases`` are ``NAME=FOLDER`` pairs, NAME one of the annotation profiles
@@ -39,6 +41,12 @@ def build_jobs(icentia: str | None = None, icentia_torrent: str | None = None, p
         if not sep or name not in PROFILES:
             raise ConfigError(f"--database expects NAME=FOLDER with NAME one of {', '.join(PROFILES)}; got {spec!r}")
         jobs += database_records(folder, name)
+    if cinc:
+        if not cinc_records:
+            raise ConfigError("--cinc needs --cinc-records: the training split (a splits.json or a list); "
+                              "pre-training on test records would leak them into the comparison")
+        names = read_record_list(cinc_records) if cinc_records != "all" else Cinc2017(cinc).names
+        jobs += [(f"cinc2017/{n}", functools.partial(CincPretrainRecord, cinc, n)) for n in names]
     ids = [pid for pid, _ in jobs]
     if len(set(ids)) != len(ids):
         raise ConfigError("the same patient comes from two sources (e.g. both Icentia11k releases): prepare them into different stores")
@@ -57,13 +65,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--torrent-gain", type=float, default=1.0, help="adu per mV of the torrent signal values (default 1.0)")
     p.add_argument("--database", action="append", default=[], metavar="NAME=DIR",
                    help=f"annotated WFDB database, NAME one of {', '.join(PROFILES)} (repeatable)")
+    p.add_argument("--cinc", metavar="DIR", help="CinC 2017 folder: records as unannotated data (beats detected) for heart-rate pre-training")
+    p.add_argument("--cinc-records", metavar="FILE", help="which CinC records: a splits.json (its train list), a list file, or 'all'")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: CPU count)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_from_args)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    jobs = build_jobs(args.icentia, args.icentia_torrent, args.patients, args.torrent_gain, args.database)
+    jobs = build_jobs(args.icentia, args.icentia_torrent, args.patients, args.torrent_gain, args.database,
+                      args.cinc, args.cinc_records)
     report = prepare(args.out, jobs, workers=args.workers, progress=not args.no_progress)
     print(report.summary())
     print(describe_store(args.out))

@@ -1,0 +1,300 @@
+"""``ecgtl pretrain``: pre-train a ResNet backbone on the prepared store with a pretext task.
+
+Tasks: ``beat``, ``rhythm``, ``heart_rate`` (frame classification, labels from the store's
+beat arrays by the study's rules, :mod:`ecgtl.tasks`) and ``future`` (contrastive future
+prediction, :mod:`ecgtl.tasks.future`). Frames come from :class:`ecgtl.data.sampling.FrameSampler`
+(random patient -> segment -> frame, patient-level train/validation split). The engine is the
+one fine-tuning uses (:mod:`ecgtl.train.engine`): rounds of ``frames_per_patient`` frames
+per training patient, a checkpoint after each, exact resume, CSV/TensorBoard logs.
+
+Scale out with PyTorch DDP: ``torchrun --nproc_per_node 8 -m ecgtl pretrain ...`` (or
+``--nnodes``/``--rdzv-endpoint`` for several nodes). Each rank reads its own patients; rank 0
+writes logs and checkpoints. On GPU, batch norm is synchronised across ranks (``sync_bn``),
+bf16 autocast is on (``amp``) and ``compile`` applies ``torch.compile``.
+
+Outputs in ``out``: ``config.yaml``, ``metrics.csv``, ``checkpoint.pt``, ``best.safetensors``,
+``backbone.safetensors`` + ``model.json`` (the card ``ecgtl finetune --init`` reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from scipy.signal import resample_poly
+
+from ecgtl.config import PretrainConfig, load_config, save_config, to_dict
+from ecgtl.constants import ICENTIA_FS_HZ
+from ecgtl.data.sampling import FrameSampler, estimate_normalization, fixed_frames, select_fraction, split_patients
+from ecgtl.data.store import Store
+from ecgtl.data.transforms import resample_factors
+from ecgtl.errors import ConfigError
+from ecgtl.evaluate.metrics import macro_f1
+from ecgtl.models import create_model
+from ecgtl.models.card import write_card
+from ecgtl.tasks import CLASSIFICATION_TASKS
+from ecgtl.tasks.future import FuturePrediction
+from ecgtl.train.engine import BEST_FILE, Trainer, _atomic_safetensors, resolve_device, unwrap
+
+TASKS = (*CLASSIFICATION_TASKS, "future")
+DETECTED_BEAT_SOURCES = {"cinc2017"}  # beats from a QRS detector (heart-rate and future tasks only)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment (1 process: 0, 1, 0)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def task_classes(task: str) -> tuple[str, ...]:
+    if task == "future":
+        return ()
+    if task not in CLASSIFICATION_TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return tuple(CLASSIFICATION_TASKS[task][0].CLASS_NAMES)
+
+
+@dataclass
+class PretrainJob:
+    """Everything a pre-training run is made of (built once per process)."""
+
+    cfg: PretrainConfig
+    model: torch.nn.Module  # classifier (classification tasks) or FuturePrediction
+    backbone: torch.nn.Module
+    train_ids: list[str]
+    val_ids: list[str]
+    normalization: tuple[float, float]
+    device: torch.device
+    rank: int
+    world_size: int
+
+    @property
+    def input_samples(self) -> int:
+        """Samples of one model input at ``cfg.fs`` (future task: context + next frame)."""
+        c = self.cfg
+        return c.frame_samples * (c.context_frames + 1) if c.task == "future" else c.frame_samples
+
+    @property
+    def window_samples(self) -> int:
+        """The same window in samples at the store's rate (250 Hz)."""
+        return int(round(self.input_samples * ICENTIA_FS_HZ / self.cfg.fs))
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Resample frames from the store's 250 Hz to the model's ``cfg.fs`` (polyphase, anti-aliased)."""
+        if self.cfg.fs == ICENTIA_FS_HZ:
+            return x
+        up, down = resample_factors(ICENTIA_FS_HZ, self.cfg.fs)
+        y = resample_poly(x.numpy().astype(np.float64), up, down, axis=-1)[..., : self.input_samples]
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+
+    def sampler(self, rank: int | None = None, world_size: int | None = None) -> FrameSampler:
+        c = self.cfg
+        return FrameSampler(c.store, self.train_ids, self.window_samples, c.frames_per_patient,
+                            "none" if c.task == "future" else c.task, seed=c.seed, normalization=self.normalization,
+                            rank=self.rank if rank is None else rank,
+                            world_size=self.world_size if world_size is None else world_size)
+
+    def step_fn(self, model, batch):
+        x, y = batch
+        x = self.to_input(x).to(self.device, non_blocking=True)
+        if self.cfg.task == "future":
+            loss, _ = unwrap(model).loss_and_accuracy(x) if not hasattr(model, "module") else _ddp_future(model, x)
+            return loss, len(x)
+        logits = model(x)
+        return F.cross_entropy(logits.float(), y.to(self.device)), len(y)
+
+
+def _ddp_future(model, x):
+    # DDP needs forward() to go through the wrapper for gradient hooks: call it, score there
+    scores = model(x).float()
+    target = torch.arange(len(x), device=x.device)
+    return F.cross_entropy(scores, target), (scores.argmax(1) == target).float().mean()
+
+
+def build_job(cfg: PretrainConfig, rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> PretrainJob:
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
+    store = Store(cfg.store)
+    ids = [p["patient_id"] for p in store.patients if cfg.sources is None or p["source"] in cfg.sources
+           or p["patient_id"].split("/")[0] in cfg.sources]
+    if cfg.task in ("beat", "rhythm"):  # detector beats carry no type or rhythm: no labels for these tasks
+        source_of = {p["patient_id"]: p["source"] for p in store.patients}
+        ids = [i for i in ids if source_of[i] not in DETECTED_BEAT_SOURCES]
+    if len(ids) < 2:
+        raise ConfigError(f"{cfg.store}: {len(ids)} patient(s) match sources {cfg.sources}; need at least 2 (train + val)")
+    fs = {p["fs"] for p in store.patients if p["patient_id"] in ids}
+    if fs != {float(ICENTIA_FS_HZ)}:
+        raise ConfigError(f"{cfg.store}: patients at {sorted(fs)} Hz; pre-training expects {ICENTIA_FS_HZ} Hz")
+    train_ids, val_ids = split_patients(ids, cfg.val_fraction, seed=cfg.seed)
+    if cfg.patient_fraction < 1.0:
+        train_ids = select_fraction(train_ids, cfg.patient_fraction, seed=cfg.seed)
+    if world_size > len(train_ids):
+        raise ConfigError(f"{world_size} ranks but only {len(train_ids)} training patients")
+    normalization = estimate_normalization(cfg.store, train_ids, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    classes = task_classes(cfg.task)
+    if cfg.task == "future":
+        backbone = create_model(cfg.model.name, num_classes=0, width=cfg.model.width)
+        model = FuturePrediction(backbone, context_frames=cfg.context_frames, frame_samples=cfg.frame_samples)
+    else:
+        model = create_model(cfg.model.name, num_classes=len(classes), width=cfg.model.width, drop_rate=cfg.model.drop_rate)
+        backbone = model
+    device = device or resolve_device(cfg.device)
+    model.to(device)
+    return PretrainJob(cfg, model, backbone, train_ids, val_ids, normalization, device, rank, world_size)
+
+
+def make_evaluate(job: PretrainJob):
+    """Validation on a fixed set of frames of the validation patients (same frames every round)."""
+    c = job.cfg
+    x, y = fixed_frames(c.store, job.val_ids, job.window_samples, c.val_frames_per_patient,
+                        "none" if c.task == "future" else c.task, seed=c.seed, normalization=job.normalization)
+    # mixed order: for the contrastive task the negatives of a batch then come from several patients,
+    # as in training (fixed_frames lists each patient's frames together)
+    order = np.random.default_rng(c.seed).permutation(len(x))
+    x = job.to_input(torch.from_numpy(x[order]))
+    y = torch.from_numpy(y[order])
+    batch = max(c.batch_size, 2)
+
+    def evaluate(model, r):
+        if c.task == "future":
+            losses, accs = [], []
+            for i in range(0, len(x) - batch + 1, batch):  # full batches: the task's difficulty depends on B
+                loss, acc = model.loss_and_accuracy(x[i:i + batch].to(job.device))
+                losses.append(float(loss))
+                accs.append(float(acc))
+            return {"val_loss": float(np.mean(losses)), "val_accuracy": float(np.mean(accs)), "val_chance": 1.0 / batch}
+        logits = torch.cat([model(x[i:i + 256].to(job.device)).float().cpu() for i in range(0, len(x), 256)])
+        pred = logits.argmax(1).numpy()
+        yy = y.numpy()
+        majority = np.bincount(yy).max() / len(yy)
+        return {"val_loss": float(F.cross_entropy(logits, y)), "val_accuracy": float((pred == yy).mean()),
+                "val_macro_f1": float(macro_f1(yy, pred, len(task_classes(c.task)))), "val_majority_accuracy": float(majority)}
+
+    return evaluate
+
+
+def make_optimizer(job: PretrainJob, steps_per_round: int):
+    o = job.cfg.optim
+    opt = torch.optim.AdamW(job.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if o.schedule == "constant":
+        return opt, None
+    total, warm = max(1, steps_per_round * job.cfg.rounds), int(o.warmup_epochs * steps_per_round)
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def make_batches_fn(job: PretrainJob, sampler: FrameSampler):
+    def make_batches(r):
+        sampler.set_round(r)
+        return torch.utils.data.DataLoader(sampler, batch_size=job.cfg.batch_size, num_workers=job.cfg.num_workers,
+                                           drop_last=True, pin_memory=job.device.type == "cuda")
+    return make_batches
+
+
+def run_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
+    rank, world_size, local_rank = _dist_info()
+    distributed = world_size > 1
+    device = resolve_device(cfg.device)
+    if distributed:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        job = build_job(cfg, rank, world_size, device)
+        out = Path(cfg.out)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        sampler = job.sampler()
+        steps_per_round = sampler.batches_per_round(cfg.batch_size, cfg.num_workers)
+        if steps_per_round < 1:
+            raise ConfigError(f"{sampler.frames_per_rank()} frames per rank and round < batch size {cfg.batch_size}: "
+                              "raise frames_per_patient")
+        model = job.model
+        if distributed:
+            if device.type == "cuda" and cfg.sync_bn:
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            model = torch.compile(model)
+        job.model = model
+        optimizer, scheduler = make_optimizer(job, steps_per_round)
+        if rank == 0:
+            print(f"pretrain {cfg.task}: {cfg.model.name} width {cfg.model.width}, {len(job.train_ids)} train / "
+                  f"{len(job.val_ids)} val patients, inputs of {job.input_samples} samples at {cfg.fs:g} Hz, {steps_per_round} steps of "
+                  f"{cfg.batch_size} per round and rank, {world_size} rank(s) on {device}, normalisation "
+                  f"mean {job.normalization[0]:.4f} std {job.normalization[1]:.4f} mV")
+        trainer = Trainer(model, optimizer, job.step_fn, make_batches_fn(job, sampler), make_evaluate(job), out,
+                          rounds=cfg.rounds, monitor="val_loss", mode="min", patience=cfg.patience, scheduler=scheduler,
+                          seed=cfg.seed, device=device, amp=cfg.amp, steps_per_round=steps_per_round,
+                          progress=progress, is_main=rank == 0)
+        t0 = time.perf_counter()
+        state = trainer.fit()
+        seconds = time.perf_counter() - t0
+        if distributed:
+            dist.barrier()
+        if rank == 0:
+            write_backbone(job, out, state)
+        return {"rounds": state.round, "best_round": state.best_round, "seconds": seconds, "history": state.history}
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def write_backbone(job: PretrainJob, out: Path, state) -> dict:
+    """``backbone.safetensors`` (ResNet naming, head kept for classification tasks) + the card ``model.json``."""
+    from ecgtl.models.card import load_weights
+
+    c = job.cfg
+    best = load_weights(out / BEST_FILE)
+    if c.task == "future":
+        weights = {k[len("backbone."):]: v for k, v in best.items() if k.startswith("backbone.")}
+    else:
+        weights = best
+    _atomic_safetensors(weights, out / "backbone.safetensors")
+    classes = task_classes(c.task)
+    last = state.history[-1] if state.history else {}
+    return write_card(out / "model.json", out / "backbone.safetensors", architecture=c.model.name, width=c.model.width,
+                      num_classes=len(classes), classes=list(classes), fs=float(c.fs),
+                      normalization={"mean": job.normalization[0], "std": job.normalization[1], "units": "mV"},
+                      task=c.task, frame_samples=c.frame_samples, store=c.store, sources=c.sources,
+                      train_patients=len(job.train_ids), val_patients=len(job.val_ids), patient_fraction=c.patient_fraction,
+                      seed=c.seed, steps=state.step, rounds=state.round, best_round=state.best_round,
+                      world_size=job.world_size, final_metrics=last, config=to_dict(c))
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("pretrain", help="pre-train a backbone on the store (beat, rhythm, heart_rate, future)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu", help="preset name (cpu, paper) or YAML path (default: cpu)")
+    p.add_argument("--task", choices=TASKS)
+    p.add_argument("--store", help="prepared store folder")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_from_args)
+
+
+def run_from_args(args) -> int:
+    overrides = list(args.set)
+    for key in ("task", "store", "out", "seed"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    cfg = load_config(PretrainConfig, args.preset, "pretrain", overrides)
+    run_pretrain(cfg, progress=not args.no_progress)
+    return 0
