@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from engine_toy import make_trainer
 from ecgtl.train.engine import BEST_FILE, CHECKPOINT_FILE, METRICS_FILE
+from engine_toy import make_trainer
 
 HERE = Path(__file__).resolve().parent
 

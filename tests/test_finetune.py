@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
 from safetensors.torch import save_file
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,13 +69,24 @@ def test_future_prediction_trains_and_beats_chance(store, tmp_path):
     assert card["num_classes"] == 0
 
 
-def test_killed_run_resumes_to_the_same_weights(store, tmp_path):
-    full = _cfg(store, tmp_path / "full", "rounds=3")
-    run_pretrain(full, progress=False)
-    run_pretrain(_cfg(store, tmp_path / "part", "rounds=1"), progress=False)  # as if killed after round 1
-    run_pretrain(_cfg(store, tmp_path / "part", "rounds=3"), progress=False)  # resumes from the checkpoint
+def test_sigkilled_run_resumes_to_the_same_weights(store, tmp_path):
+    extra = ["rounds=4", "frames_per_patient=16"]
+    run_pretrain(_cfg(store, tmp_path / "full", *extra), progress=False)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ecgtl", "pretrain", "--preset", "cpu", "--no-progress", "--store", str(store),
+           "--out", str(out), *[a for s in TINY + extra for a in ("--set", s)]]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / CHECKPOINT_FILE).is_file() and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads(torch.load(out / CHECKPOINT_FILE, weights_only=True)["state"])["round"]
+    assert 1 <= done < 4, done  # killed part-way
+    run_pretrain(_cfg(store, out, *extra), progress=False)  # resumes from the checkpoint
     a = torch.load(tmp_path / "full" / CHECKPOINT_FILE, weights_only=True)["model"]
-    b = torch.load(tmp_path / "part" / CHECKPOINT_FILE, weights_only=True)["model"]
+    b = torch.load(out / CHECKPOINT_FILE, weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -115,3 +128,17 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(store, t
     params = [k for k, _ in job.model.named_parameters()]
     worst = max(float((ddp[k] - single[k]).abs().max() / (single[k].abs().max() + 1e-8)) for k in params)
     assert worst < 1e-3, worst
+
+
+def test_pretraining_at_another_sampling_rate(store, tmp_path):
+    """Frames are read at the store's 250 Hz and resampled to the model's rate (here 125 Hz)."""
+    run_pretrain(_cfg(store, tmp_path, "fs=125", "frame_samples=512", "rounds=1"), progress=False)
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["fs"] == 125 and card["frame_samples"] == 512
+    job = build_job(_cfg(store, tmp_path, "fs=125", "frame_samples=512"))
+    assert job.window_samples == 1024
+    x = torch.sin(torch.arange(1024, dtype=torch.float32) * 2 * torch.pi * 5 / 250).reshape(1, 1, -1)  # 5 Hz at 250 Hz
+    y = job.to_input(x)[0, 0].numpy()
+    assert y.shape == (512,)
+    spectrum = abs(__import__("numpy").fft.rfft(y))
+    assert spectrum.argmax() == round(5 * 512 / 125)  # still 5 Hz at 125 Hz

@@ -17,11 +17,9 @@ import pytest
 
 from ecgtl.constants import (
     BEAT_ABERRATED as A,
+)
+from ecgtl.constants import (
     BEAT_CLASSES,
-    BEAT_NORMAL as N,
-    BEAT_PAC as S,
-    BEAT_PVC as V,
-    BEAT_UNDEFINED as Q,
     RHYTHM_AF,
     RHYTHM_AFL,
     RHYTHM_CLASSES,
@@ -29,6 +27,18 @@ from ecgtl.constants import (
     RHYTHM_NOISE,
     RHYTHM_NSR,
     RHYTHM_UNDEFINED,
+)
+from ecgtl.constants import (
+    BEAT_NORMAL as N,
+)
+from ecgtl.constants import (
+    BEAT_PAC as S,
+)
+from ecgtl.constants import (
+    BEAT_PVC as V,
+)
+from ecgtl.constants import (
+    BEAT_UNDEFINED as Q,
 )
 from ecgtl.tasks import (
     CLASSIFICATION_TASKS,

@@ -208,3 +208,27 @@ def _plain(obj):
 
 def save_config(cfg, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
+
+
+def add_config_command(subparsers, name: str, cls: type, run, help: str, description: str,
+                       shortcuts: dict[str, dict]) -> None:
+    """Register a command whose options are a preset, ``--set key=value`` overrides and a few shortcuts.
+
+    ``shortcuts`` maps a config field to ``add_argument`` keyword arguments (``--out`` for
+    ``out=...``); ``run(cfg, progress=...)`` does the work.
+    """
+    import argparse
+
+    p = subparsers.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu", help="preset name (cpu, paper) or YAML path (default: cpu)")
+    for field_name, kwargs in shortcuts.items():
+        p.add_argument("--" + field_name.replace("_", "-"), dest=field_name, **kwargs)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+
+    def run_from_args(args) -> int:
+        overrides = list(args.set) + [f"{k}={getattr(args, k)}" for k in shortcuts if getattr(args, k) is not None]
+        run(load_config(cls, args.preset, name, overrides), progress=not args.no_progress)
+        return 0
+
+    p.set_defaults(func=run_from_args)

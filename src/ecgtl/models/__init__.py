@@ -7,6 +7,7 @@ a 2-D ResNet-18 for spectrograms, and the registry/factory that builds them by n
     512
 """
 
+from ecgtl.models import resnet2d as _resnet2d  # noqa: F401  (registers the 2-D models)
 from ecgtl.models.registry import (
     HEAD_PREFIX,
     backbone_state_dict,
@@ -16,7 +17,6 @@ from ecgtl.models.registry import (
     register_model,
 )
 from ecgtl.models.resnet1d import ResNet, scale_channels  # registers the 1-D models
-from ecgtl.models import resnet2d as _resnet2d  # noqa: F401  (registers the 2-D models)
 
 __all__ = [
     "HEAD_PREFIX",

@@ -50,6 +50,30 @@ def round_seed(seed: int, round_index: int) -> int:
     return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0])
 
 
+def build_optimizer(parameters, optim, steps_per_round: int, rounds: int):
+    """AdamW with the study's Adam settings (``optim``: an :class:`ecgtl.config.OptimConfig`) and its schedule.
+
+    ``constant`` keeps the rate (the study); ``cosine`` warms up linearly for
+    ``warmup_epochs`` rounds, then decays to 0 over the remaining steps. The scheduler
+    steps once per optimiser step.
+    """
+    opt = torch.optim.AdamW(parameters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+    if optim.schedule == "constant":
+        return opt, None
+    if optim.schedule != "cosine":
+        from ecgtl.errors import ConfigError
+
+        raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {optim.schedule!r}")
+    total, warm = max(1, steps_per_round * rounds), int(optim.warmup_epochs * steps_per_round)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 @dataclass
 class TrainState:
     round: int = 0  # rounds completed

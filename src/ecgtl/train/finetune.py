@@ -12,7 +12,6 @@ curves), ``curves.png``, ``best.safetensors`` + ``model.json`` (the card),
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ecgtl.config import FinetuneConfig, load_config, save_config, to_dict
+from ecgtl.config import FinetuneConfig, add_config_command, save_config, to_dict
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc2017 import Cinc2017
 from ecgtl.data.cinc_dataset import CincCropDataset, CincPaperDataset, CincWindowDataset, aggregate_windows, prepare_cinc
@@ -34,27 +33,9 @@ from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_c
 from ecgtl.models import create_model
 from ecgtl.models.card import model_from_card, write_card
 from ecgtl.models.registry import HEAD_PREFIX
-from ecgtl.train.engine import BEST_FILE, Trainer, resolve_device, round_seed
+from ecgtl.train.engine import BEST_FILE, Trainer, build_optimizer, resolve_device, round_seed
 
 NUM_CLASSES = len(CINC_CLASSES)
-
-
-def build_optimizer(model: torch.nn.Module, cfg, steps_per_round: int, rounds: int):
-    o = cfg.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    if o.schedule == "constant":
-        return opt, None
-    if o.schedule != "cosine":
-        raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}")
-    total = max(1, steps_per_round * rounds)
-    warm = int(o.warmup_epochs * steps_per_round)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 @torch.no_grad()
@@ -159,7 +140,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     else:
         raise ConfigError(f"input must be 'crop' or 'paper', got {cfg.input!r}")
     steps_per_round = math.ceil(len(train_ds) / cfg.batch_size)
-    optimizer, scheduler = build_optimizer(model, cfg, steps_per_round, cfg.epochs)
+    optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, steps_per_round, cfg.epochs)
     class_weight = None
     if cfg.class_weights:
         counts = np.bincount(labels["train"], minlength=NUM_CLASSES).astype(float)
@@ -265,23 +246,7 @@ def plot_curves(metrics_csv: Path, png: Path) -> None:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("finetune", help="fine-tune on PhysioNet/CinC 2017 (random init or a pre-trained backbone)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="cpu", help="preset name (cpu, paper) or YAML path (default: cpu)")
-    p.add_argument("--data", help="CinC folder (RECORDS, REFERENCE*.csv, .mat/.hea)")
-    p.add_argument("--init", help="pre-trained model card (model.json) to start from")
-    p.add_argument("--out", help="run folder")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_from_args)
-
-
-def run_from_args(args) -> int:
-    overrides = list(args.set)
-    for key in ("data", "init", "out", "seed"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
-    cfg = load_config(FinetuneConfig, args.preset, "finetune", overrides)
-    run_finetune(cfg, progress=not args.no_progress)
-    return 0
+    add_config_command(subparsers, "finetune", FinetuneConfig, run_finetune, "fine-tune on PhysioNet/CinC 2017 (random init or a pre-trained backbone)", __doc__,
+                       {"data": {"help": "CinC folder (RECORDS, REFERENCE*.csv, .mat/.hea)"},
+                                   "init": {"help": "pre-trained model card (model.json) to start from"},
+                                   "out": {"help": "run folder"}, "seed": {"type": int}})

@@ -18,8 +18,6 @@ Outputs in ``out``: ``config.yaml``, ``metrics.csv``, ``checkpoint.pt``, ``best.
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.signal import resample_poly
 
-from ecgtl.config import PretrainConfig, load_config, save_config, to_dict
+from ecgtl.config import PretrainConfig, add_config_command, save_config, to_dict
 from ecgtl.constants import ICENTIA_FS_HZ
 from ecgtl.data.sampling import FrameSampler, estimate_normalization, fixed_frames, select_fraction, split_patients
 from ecgtl.data.store import Store
@@ -42,7 +40,7 @@ from ecgtl.models import create_model
 from ecgtl.models.card import write_card
 from ecgtl.tasks import CLASSIFICATION_TASKS
 from ecgtl.tasks.future import FuturePrediction
-from ecgtl.train.engine import BEST_FILE, Trainer, _atomic_safetensors, resolve_device, unwrap
+from ecgtl.train.engine import BEST_FILE, Trainer, _atomic_safetensors, build_optimizer, resolve_device, unwrap
 
 TASKS = (*CLASSIFICATION_TASKS, "future")
 DETECTED_BEAT_SOURCES = {"cinc2017"}  # beats from a QRS detector (heart-rate and future tasks only)
@@ -182,18 +180,7 @@ def make_evaluate(job: PretrainJob):
 
 
 def make_optimizer(job: PretrainJob, steps_per_round: int):
-    o = job.cfg.optim
-    opt = torch.optim.AdamW(job.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    if o.schedule == "constant":
-        return opt, None
-    total, warm = max(1, steps_per_round * job.cfg.rounds), int(o.warmup_epochs * steps_per_round)
-
-    def factor(step):
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return build_optimizer(job.model.parameters(), job.cfg.optim, steps_per_round, job.cfg.rounds)
 
 
 def make_batches_fn(job: PretrainJob, sampler: FrameSampler):
@@ -278,23 +265,6 @@ def write_backbone(job: PretrainJob, out: Path, state) -> dict:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("pretrain", help="pre-train a backbone on the store (beat, rhythm, heart_rate, future)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="cpu", help="preset name (cpu, paper) or YAML path (default: cpu)")
-    p.add_argument("--task", choices=TASKS)
-    p.add_argument("--store", help="prepared store folder")
-    p.add_argument("--out", help="run folder")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_from_args)
-
-
-def run_from_args(args) -> int:
-    overrides = list(args.set)
-    for key in ("task", "store", "out", "seed"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
-    cfg = load_config(PretrainConfig, args.preset, "pretrain", overrides)
-    run_pretrain(cfg, progress=not args.no_progress)
-    return 0
+    add_config_command(subparsers, "pretrain", PretrainConfig, run_pretrain, "pre-train a backbone on the store (beat, rhythm, heart_rate, future)", __doc__,
+                       {"task": {"choices": TASKS}, "store": {"help": "prepared store folder"},
+                                   "out": {"help": "run folder"}, "seed": {"type": int}})
