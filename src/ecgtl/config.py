@@ -76,6 +76,13 @@ class FinetuneConfig:
     out: str = "runs/finetune"
     bootstrap: int = 1000  # bootstrap replicates of the confidence intervals
 
+    def __post_init__(self):
+        _choice("input", self.input, ("crop", "paper"))
+        _choice("normalization", self.normalization, ("train", "paper"))
+        _choice("optim.schedule", self.optim.schedule, ("constant", "cosine"))
+        if not 0 < self.label_fraction <= 1:
+            raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+
 
 @dataclass
 class PretrainConfig:
@@ -104,6 +111,17 @@ class PretrainConfig:
     sync_bn: bool = True  # SyncBatchNorm across DDP ranks, so a multi-GPU run equals one big batch
     out: str = "runs/pretrain"
 
+    def __post_init__(self):
+        _choice("task", self.task, ("beat", "rhythm", "heart_rate", "future"))
+        _choice("optim.schedule", self.optim.schedule, ("constant", "cosine"))
+        if not 0 < self.patient_fraction <= 1:
+            raise ConfigError(f"patient_fraction must be in (0, 1], got {self.patient_fraction}")
+
+
+def _choice(key: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = getattr(typ, "__origin__", None)
@@ -113,6 +131,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         return from_dict(typ, value, prefix=key + ".")
     if value is None:
         return None
+    if typ is str or typ == (str | None):
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)  # YAML reads "2024" or "on" as a number or a boolean
     if origin is tuple:
         return tuple(float(v) for v in value)
     if typ == (list | None) or typ is list:

@@ -268,16 +268,23 @@ class StoredPatient:
         meta_path = self.folder / META_FILE
         if not meta_path.is_file():
             raise DataError(meta_path, "not a prepared patient (meta.json missing)")
-        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(meta_path, f"unreadable patient metadata ({exc})") from None
         self.patient_id: str = self.meta["patient_id"]
         self.fs: float = self.meta["fs"]
         self.gain: float = self.meta["gain"]
         self.baseline: int = self.meta["baseline"]
-        with np.load(self.folder / ANNOTATIONS_FILE, allow_pickle=False) as z:
-            self.segment_offsets = z["segment_offsets"]
-            self.beat_sample = z["beat_sample"].astype(np.int64)
-            self.beat_class = z["beat_class"]
-            self.rhythm = z["rhythm"]
+        path = self.folder / ANNOTATIONS_FILE
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                self.segment_offsets = z["segment_offsets"]
+                self.beat_sample = z["beat_sample"].astype(np.int64)
+                self.beat_class = z["beat_class"]
+                self.rhythm = z["rhythm"]
+        except Exception as exc:  # zipfile, zlib, EOF, missing keys: all mean a corrupt file
+            raise DataError(path, f"corrupt annotation arrays ({type(exc).__name__}: {exc})") from None
 
     @cached_property
     def signal(self) -> np.memmap:
@@ -320,7 +327,10 @@ class Store:
         path = self.root / MANIFEST_FILE
         if not path.is_file():
             raise DataError(path, "no store manifest here; run `ecgtl prepare` first")
-        self.manifest = json.loads(path.read_text())
+        try:
+            self.manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"unreadable manifest ({exc}); rerun `ecgtl prepare` to rebuild it") from None
         if self.manifest.get("format") != STORE_FORMAT:
             raise DataError(path, "not an ecgtl store manifest")
         self.patients: list[dict] = self.manifest["patients"]

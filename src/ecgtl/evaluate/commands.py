@@ -44,6 +44,16 @@ def run_evaluate(checkpoint: str, data: str, labels: str = "v3", out: str | None
     seconds = time.perf_counter() - t
     y = np.array([r.label_index for r in records])
     report = classification_report(y, probs, n_boot=n_boot, split=f"folder {data}")
+    splits_file = find_card(checkpoint).parent / "splits.json"
+    if splits_file.is_file():  # records the model was trained or selected on make the score optimistic
+        from ecgtl.data.splits import load_splits
+
+        seen = set().union(*(set(v) for k, v in load_splits(splits_file).items() if k in ("train", "val")))
+        overlap = sorted(seen & {r.name for r in records})
+        report["records_seen_in_training_or_validation"] = len(overlap)
+        if overlap:
+            print(f"warning: {len(overlap)} of {len(records)} records were in this model's training or validation split "
+                  f"({splits_file}), e.g. {overlap[:3]}: the score is optimistic")
     report["inference_records_per_s"] = len(records) / seconds
     report["skipped"] = [{"record": n, "error": e} for n, e in failures]
     report["checkpoint"] = str(find_card(checkpoint))
@@ -70,7 +80,12 @@ def load_recording(path: str, fs: float | None = None, lead: str | int = 0, gain
             rec = read_record(p.parent, p.stem)
             return rec.signal, rec.fs
         check_dat_size(header)
-        idx = header.sig_name.index(lead) if isinstance(lead, str) and not str(lead).isdigit() and lead in header.sig_name else int(lead)
+        if str(lead).isdigit():
+            idx = int(lead)
+        elif lead in header.sig_name:
+            idx = header.sig_name.index(lead)
+        else:
+            raise DataError(record + ".hea", f"lead {lead!r} not in the record (leads: {', '.join(header.sig_name)})")
         if not 0 <= idx < header.n_sig:
             raise DataError(record + ".hea", f"lead {lead!r} not in the record (leads: {', '.join(header.sig_name)})")
         import wfdb
@@ -143,7 +158,7 @@ def run_export(checkpoint: str, out: str, verify_data: str | None = None, verify
 
     clf = Classifier(checkpoint)
     model = clf.model.cpu().eval()
-    length = clf.window or clf.paper_samples
+    length = clf.input_samples
     dummy = torch.zeros(2, 1, length)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

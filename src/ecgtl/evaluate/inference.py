@@ -36,11 +36,57 @@ def find_card(checkpoint: str | os.PathLike) -> Path:
     return p
 
 
+@torch.no_grad()
+def predict_dataset(model: torch.nn.Module, dataset, batch_size: int, device: torch.device) -> np.ndarray:
+    """Per-record class probabilities, shape (n_records, n_classes), in float32 (no autocast).
+
+    ``dataset`` yields ``(x, record_index)``: sliding windows (:class:`CincWindowDataset`, whose
+    window probabilities are averaged per record) or one input per record.
+    """
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    probs, index = [], []
+    for x, idx in loader:
+        probs.append(torch.softmax(model(x.to(device)).float(), dim=1).cpu().numpy())
+        index.append(np.asarray(idx))
+    probs, index = np.concatenate(probs), np.concatenate(index)
+    if isinstance(dataset, CincWindowDataset):
+        return aggregate_windows(probs, dataset.record_index, dataset.n_records)
+    order = np.argsort(index, kind="stable")
+    return probs[order]
+
+
+class RecordIndexDataset(torch.utils.data.Dataset):
+    """Wraps a one-input-per-record dataset so it yields ``(x, record_index)`` like the window dataset."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return self.base[i][0], i
+
+
+def inference_dataset(signals: list[np.ndarray], input_mode: str, window: int, hop: int, paper_samples: int):
+    """The evaluation dataset of a model: sliding windows (``crop``) or the paper's padded input."""
+    if input_mode == "paper":
+        return RecordIndexDataset(CincPaperDataset(signals, None, paper_samples))
+    if window <= 0 or hop <= 0:
+        raise ConfigError(f"window ({window}) and hop ({hop}) must be positive samples")
+    return CincWindowDataset(signals, None, window, hop)
+
+
 class Classifier:
     """A fine-tuned model ready to classify recordings (signal in mV at any sampling rate)."""
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", batch_size: int = 128):
-        self.card = read_card(find_card(checkpoint))
+        path = find_card(checkpoint)
+        self.card = read_card(path)
+        if self.card.get("task") != "cinc2017" or int(self.card.get("num_classes", 0)) < 2:
+            raise DataError(path, f"not a fine-tuned classifier (task {self.card.get('task')!r}); "
+                                  "pre-trained backbones are used through `ecgtl finetune --init`")
         self.model, _ = model_from_card(self.card)
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
@@ -58,22 +104,15 @@ class Classifier:
         fss = fs if isinstance(fs, (list, tuple)) else [fs] * len(signals)
         return [prepare_cinc([s], self.fs, self.normalization, fs_in=f)[0] for s, f in zip(signals, fss)]
 
-    @torch.no_grad()
+    @property
+    def input_samples(self) -> int:
+        """Samples of one model input (a window, or the paper's padded record)."""
+        return self.paper_samples if self.input == "paper" else self.window
+
     def predict_proba(self, signals: list[np.ndarray], fs: float | list[float]) -> np.ndarray:
         """Class probabilities, shape (n_recordings, n_classes)."""
-        x = self.preprocess(signals, fs)
-        if self.input == "paper":
-            ds = CincPaperDataset(x, None, self.paper_samples)
-        else:
-            ds = CincWindowDataset(x, None, self.window, self.hop)
-        loader = torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=False)
-        probs = []
-        for xb, _ in loader:
-            probs.append(torch.softmax(self.model(xb.to(self.device)).float(), dim=1).cpu().numpy())
-        probs = np.concatenate(probs)
-        if self.input == "paper":
-            return probs
-        return aggregate_windows(probs, ds.record_index, len(x))
+        ds = inference_dataset(self.preprocess(signals, fs), self.input, self.window, self.hop, self.paper_samples)
+        return predict_dataset(self.model, ds, self.batch_size, self.device)
 
 
 def check_recording(signal: np.ndarray, fs: float, source: str) -> np.ndarray:

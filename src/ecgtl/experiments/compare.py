@@ -49,15 +49,28 @@ def compare(runs: dict[str, str | Path], out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summary = {name: summarize_run(path) for name, path in runs.items()}
     (out / "comparison.json").write_text(json.dumps(summary, indent=1))
-    lines = ["| run | train records | test macro-F1 (95% CI) | challenge F1 | " + " | ".join(f"F1 {c}" for c in CINC_CLASSES)
-             + " | best epoch | epochs to 95% of best val F1 | train min |",
-             "|---" * (8 + len(CINC_CLASSES) - 4 + 4) + "|"]
+    header = (["run", "train records", "test macro-F1 (95% CI)", "challenge F1"] + [f"F1 {c}" for c in CINC_CLASSES]
+              + ["best epoch", "epochs to 95% of best val F1", "train min"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, s in summary.items():
         ci = s["test_macro_f1_ci"]
         ci_text = f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
         lines.append(f"| {name} | {s['train_records']} | {s['test_macro_f1']:.3f}{ci_text} | {s['test_challenge_f1']:.3f} | "
                      + " | ".join(f"{s['test_f1'][c]:.3f}" for c in CINC_CLASSES)
                      + f" | {s['best_epoch']} | {s['epochs_to_95pct_of_best_val']} | {s['train_minutes']} |")
+    groups: dict[str, list[dict]] = {}
+    for name, s in summary.items():  # runs named <setting>-seed<k>: mean +- sd over seeds
+        groups.setdefault(name.rsplit("-seed", 1)[0], []).append(s)
+    if any(len(g) > 1 for g in groups.values()):
+        lines += ["", "| setting | seeds | test macro-F1 mean +- sd | challenge F1 mean +- sd | best epoch mean |", "|---|---|---|---|---|"]
+        for setting, runs_ in groups.items():
+            m, sd = mean_std([r["test_macro_f1"] for r in runs_])
+            cm, csd = mean_std([r["test_challenge_f1"] for r in runs_])
+            lines.append(f"| {setting} | {len(runs_)} | {m:.3f} +- {sd:.3f} | {cm:.3f} +- {csd:.3f} | "
+                         f"{np.mean([r['best_epoch'] for r in runs_]):.1f} |")
+    tests = {s["test_n"] for s in summary.values()}
+    if len(tests) > 1:
+        lines.append(f"\nwarning: the runs were scored on test sets of different sizes {sorted(tests)}")
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     plot_comparison(runs, out / "curves.png")
     return summary

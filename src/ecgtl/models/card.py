@@ -74,11 +74,14 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise DataError(path, f"unreadable safetensors file ({type(exc).__name__}: {exc})") from None
 
 
-def model_from_card(card: dict | str | os.PathLike, num_classes: int | None = None) -> tuple[torch.nn.Module, dict]:
+def model_from_card(card: dict | str | os.PathLike, num_classes: int | None = None,
+                    reset_head: bool = False) -> tuple[torch.nn.Module, dict]:
     """Build the card's model and load its weights.
 
-    With ``num_classes`` given and different from the card's, the head is dropped and a new
-    one created (fine-tuning from a pre-trained backbone); the backbone must load exactly.
+    With ``reset_head`` (or ``num_classes`` different from the card's) the head is dropped
+    and a new one with ``num_classes`` outputs created: fine-tuning from a pre-trained
+    backbone, even when the pretext task happens to have as many classes as the target
+    (heart rate and CinC 2017 both have 4). The backbone must load exactly.
     """
     if not isinstance(card, dict):
         card = read_card(card)
@@ -87,12 +90,15 @@ def model_from_card(card: dict | str | os.PathLike, num_classes: int | None = No
     want = card_classes if num_classes is None else num_classes
     model = create_model(card["architecture"], num_classes=want, width=card["width"],
                          **({"in_chans": card["in_chans"]} if "in_chans" in card else {}))
-    if want != card_classes or card_classes == 0:
+    if reset_head or want != card_classes or card_classes == 0:
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(HEAD_PREFIX) for k in missing):
             raise DataError(card["_weights_path"], f"weights do not fit {card['architecture']} width {card['width']}: "
                                                    f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     else:
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise DataError(card["_weights_path"], f"weights do not fit the card's model: {exc}") from None
     return model, card

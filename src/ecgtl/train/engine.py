@@ -132,6 +132,9 @@ class Trainer:
         self.rounds, self.monitor, self.mode, self.patience = rounds, monitor, mode, patience
         self.seed, self.device = seed, device or torch.device("cpu")
         self.amp = amp and self.device.type == "cuda"
+        if self.amp and not torch.cuda.is_bf16_supported():
+            print("warning: this GPU has no bf16 support (pre-Ampere): mixed precision is off")
+            self.amp = False
         self.on_round_start, self.steps_per_round, self.progress = on_round_start, steps_per_round, progress
         self.best_metadata = {k: str(v) for k, v in (best_metadata or {}).items()}
         self.is_main = is_main
@@ -185,6 +188,34 @@ class Trainer:
                     self._tb.add_scalar(k, v, row["step"])
             self._tb.flush()
 
+    def _evaluate(self, r: int) -> dict:
+        """Metrics of the round, in float32 (the model is chosen on them and reported in float32).
+
+        Under DDP only rank 0 evaluates and broadcasts, so every rank takes the same
+        early-stopping decision (per-rank batch-norm statistics could otherwise differ).
+        """
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        metrics = None
+        if self.is_main or not distributed:
+            self.model.eval()
+            with torch.no_grad():
+                metrics = self.evaluate(unwrap(self.model), r)
+        if distributed:
+            box = [metrics]
+            torch.distributed.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics
+
+    def _check_resume_agrees(self, found: bool) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flags = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(flags, found)
+            if len(set(flags)) > 1:
+                from ecgtl.errors import ConfigError
+
+                raise ConfigError(f"{self.out / CHECKPOINT_FILE}: present on some ranks only ({flags}); "
+                                  "the run folder must be on a file system all nodes share")
+
     # ------------------------------------------------------------------ the loop
     def _improved(self, value: float) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -194,7 +225,9 @@ class Trainer:
 
     def fit(self, resume: bool = True) -> TrainState:
         self.out.mkdir(parents=True, exist_ok=True)
-        if resume and self.resume() and self.is_main:
+        found = resume and (self.out / CHECKPOINT_FILE).is_file()
+        self._check_resume_agrees(found)
+        if found and self.resume() and self.is_main:
             print(f"resumed from {self.out / CHECKPOINT_FILE} after round {self.state.round} (step {self.state.step})")
         while self.state.round < self.rounds and not self.state.stopped_early:
             r = self.state.round
@@ -203,26 +236,28 @@ class Trainer:
                 self.on_round_start(unwrap(self.model), r)
             self.model.train()
             t0 = time.perf_counter()
-            total, count = 0.0, 0
+            total, count = torch.zeros((), device=self.device), 0
             bar = tqdm(self.make_batches(r), total=self.steps_per_round, desc=f"round {r + 1}/{self.rounds}",
                        unit="batch", leave=False, disable=not (self.progress and self.is_main))
             for batch in bar:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                     loss, n = self.step_fn(self.model, batch)
+                if not torch.isfinite(loss):  # never let NaN weights reach a checkpoint
+                    raise FloatingPointError(f"{self.out}: non-finite loss {float(loss)} in round {r + 1}, step {self.state.step + 1}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self.state.step += 1
-                total += float(loss.detach()) * n
+                total += loss.detach() * n
                 count += n
-                bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+                if self.progress and self.is_main and self.state.step % 20 == 0:  # reading the loss syncs a GPU
+                    bar.set_postfix(loss=f"{float(total) / max(count, 1):.4f}")
             bar.close()
+            total = float(total)
             train_seconds = time.perf_counter() - t0
-            self.model.eval()
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                metrics = self.evaluate(unwrap(self.model), r)
+            metrics = self._evaluate(r)
             row = {"round": r + 1, "step": self.state.step, "train_loss": total / max(count, 1),
                    "train_items_per_s": count / max(train_seconds, 1e-9), "train_seconds": round(train_seconds, 2),
                    "lr": self.optimizer.param_groups[0]["lr"], **metrics}

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from ecgtl.config import FinetuneConfig, add_config_command, save_config, to_dict
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc2017 import Cinc2017
-from ecgtl.data.cinc_dataset import CincCropDataset, CincPaperDataset, CincWindowDataset, aggregate_windows, prepare_cinc
+from ecgtl.data.cinc_dataset import CincCropDataset, CincPaperDataset, prepare_cinc
 from ecgtl.data.splits import load_splits, make_splits, save_splits, subset_labels
 from ecgtl.data.transforms import PAPER_CINC, Normalization
 from ecgtl.errors import ConfigError
+from ecgtl.evaluate.inference import inference_dataset, predict_dataset
 from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_class, format_report, macro_f1
 from ecgtl.models import create_model
 from ecgtl.models.card import model_from_card, write_card
@@ -38,41 +39,9 @@ from ecgtl.train.engine import BEST_FILE, Trainer, build_optimizer, resolve_devi
 NUM_CLASSES = len(CINC_CLASSES)
 
 
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, dataset, batch_size: int, device: torch.device) -> np.ndarray:
-    """Per-record class probabilities (windows averaged) for a window or paper dataset."""
-    model.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    probs, index = [], []
-    for x, idx in loader:
-        logits = model(x.to(device)).float()
-        probs.append(torch.softmax(logits, dim=1).cpu().numpy())
-        index.append(np.asarray(idx))
-    probs, index = np.concatenate(probs), np.concatenate(index)
-    if isinstance(dataset, CincWindowDataset):
-        return aggregate_windows(probs, dataset.record_index)
-    return probs
-
-
-def _eval_dataset(cfg: FinetuneConfig, signals, labels):
-    if cfg.input == "paper":
-        return _IndexDataset(CincPaperDataset(signals, labels, cfg.paper_samples))
-    win = int(round(cfg.crop_seconds * cfg.fs))
-    hop = int(round(cfg.hop_seconds * cfg.fs))
-    return CincWindowDataset(signals, labels, win, hop)
-
-
-class _IndexDataset(torch.utils.data.Dataset):
-    """Paper-style dataset returning (x, record index) like the window dataset."""
-
-    def __init__(self, base):
-        self.base = base
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        return self.base[i][0], i
+def _eval_dataset(cfg: FinetuneConfig, signals):
+    return inference_dataset(signals, cfg.input, int(round(cfg.crop_seconds * cfg.fs)), int(round(cfg.hop_seconds * cfg.fs)),
+                             cfg.paper_samples)
 
 
 def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
@@ -119,7 +88,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
 
     # ---- model
     if cfg.init:
-        model, card = model_from_card(cfg.init, num_classes=NUM_CLASSES)
+        model, card = model_from_card(cfg.init, num_classes=NUM_CLASSES, reset_head=True)
         if abs(float(card["fs"]) - cfg.fs) > 1e-6:
             print(f"warning: backbone pre-trained at {card['fs']} Hz, fine-tuning at {cfg.fs:g} Hz")
         if (card["architecture"], float(card["width"])) != (cfg.model.name, float(cfg.model.width)):
@@ -129,6 +98,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     else:
         model = create_model(cfg.model.name, num_classes=NUM_CLASSES, width=cfg.model.width, drop_rate=cfg.model.drop_rate)
     model.to(device)
+    if cfg.compile:
+        model = torch.compile(model)  # the engine saves the plain module's weights (unwrap)
     arch = model.model_name if hasattr(model, "model_name") else cfg.model.name
     width = float(card["width"]) if cfg.init else cfg.model.width
 
@@ -158,10 +129,10 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         logits = m(x.to(device, non_blocking=True))
         return F.cross_entropy(logits.float(), y.to(device), weight=class_weight), len(y)
 
-    val_ds = _eval_dataset(cfg, signals["val"], labels["val"])
+    val_ds = _eval_dataset(cfg, signals["val"])
 
     def evaluate(m, r):
-        probs = predict_probs(m, val_ds, cfg.eval_batch_size, device)
+        probs = predict_dataset(m, val_ds, cfg.eval_batch_size, device)
         pred = probs.argmax(1)
         f1 = f1_per_class(labels["val"], pred, NUM_CLASSES)
         nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(pred)), labels["val"]], 1e-12, 1))))
@@ -198,8 +169,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
                "train_minutes_this_session": round(train_minutes, 2)}
     for part in ("val", "test"):
         t = time.perf_counter()
-        ds = _eval_dataset(cfg, signals[part], labels[part])
-        probs = predict_probs(best, ds, cfg.eval_batch_size, device)
+        ds = _eval_dataset(cfg, signals[part])
+        probs = predict_dataset(best, ds, cfg.eval_batch_size, device)
         seconds = time.perf_counter() - t
         report = classification_report(labels[part], probs, n_boot=cfg.bootstrap, seed=cfg.seed, split=part)
         report["inference_records_per_s"] = len(probs) / seconds

@@ -102,18 +102,11 @@ class PretrainJob:
     def step_fn(self, model, batch):
         x, y = batch
         x = self.to_input(x).to(self.device, non_blocking=True)
+        out = model(x)  # through the DDP / compile wrappers, so gradients are synchronised
         if self.cfg.task == "future":
-            loss, _ = unwrap(model).loss_and_accuracy(x) if not hasattr(model, "module") else _ddp_future(model, x)
-            return loss, len(x)
-        logits = model(x)
-        return F.cross_entropy(logits.float(), y.to(self.device)), len(y)
-
-
-def _ddp_future(model, x):
-    # DDP needs forward() to go through the wrapper for gradient hooks: call it, score there
-    scores = model(x).float()
-    target = torch.arange(len(x), device=x.device)
-    return F.cross_entropy(scores, target), (scores.argmax(1) == target).float().mean()
+            # scores of each context against the next frames of the batch (this rank's batch under DDP)
+            return F.cross_entropy(out.float(), unwrap(model).targets(out)), len(x)
+        return F.cross_entropy(out.float(), y.to(self.device)), len(y)
 
 
 def build_job(cfg: PretrainConfig, rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> PretrainJob:
@@ -152,16 +145,25 @@ def build_job(cfg: PretrainConfig, rank: int = 0, world_size: int = 1, device: t
 def make_evaluate(job: PretrainJob):
     """Validation on a fixed set of frames of the validation patients (same frames every round)."""
     c = job.cfg
-    x, y = fixed_frames(c.store, job.val_ids, job.window_samples, c.val_frames_per_patient,
-                        "none" if c.task == "future" else c.task, seed=c.seed, normalization=job.normalization)
-    # mixed order: for the contrastive task the negatives of a batch then come from several patients,
-    # as in training (fixed_frames lists each patient's frames together)
-    order = np.random.default_rng(c.seed).permutation(len(x))
-    x = job.to_input(torch.from_numpy(x[order]))
-    y = torch.from_numpy(y[order])
     batch = max(c.batch_size, 2)
+    n_val = len(job.val_ids) * c.val_frames_per_patient
+    if n_val == 0 or (c.task == "future" and n_val < batch):
+        raise ConfigError(f"{n_val} validation frames ({len(job.val_ids)} patients x {c.val_frames_per_patient}); "
+                          f"the future task needs at least one batch of {batch}: raise val_frames_per_patient")
+    cache: dict = {}
+
+    def frames():
+        if not cache:  # built on first use: under DDP only rank 0 evaluates
+            x, y = fixed_frames(c.store, job.val_ids, job.window_samples, c.val_frames_per_patient,
+                                "none" if c.task == "future" else c.task, seed=c.seed, normalization=job.normalization)
+            # mixed order: for the contrastive task the negatives of a batch then come from several
+            # patients, as in training (fixed_frames lists each patient's frames together)
+            order = np.random.default_rng(c.seed).permutation(len(x))
+            cache["x"], cache["y"] = job.to_input(torch.from_numpy(x[order])), torch.from_numpy(y[order])
+        return cache["x"], cache["y"]
 
     def evaluate(model, r):
+        x, y = frames()
         if c.task == "future":
             losses, accs = [], []
             for i in range(0, len(x) - batch + 1, batch):  # full batches: the task's difficulty depends on B
