@@ -156,3 +156,21 @@ def test_finetune_from_a_pretrained_backbone_card(cinc_folder, tmp_path):
         assert torch.equal(tuned_state[k], v), k
     assert tuned_state["head.weight"].shape[0] == 4
     del tuned
+
+
+def test_kfold_option_runs_one_fold(cinc_folder, tmp_path):
+    cfg = load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={tmp_path}", "folds=5", "fold=2",
+                                                                   "epochs=1", "label_fraction=0.05", "bootstrap=0"])
+    run_finetune(cfg, progress=False)
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert abs(len(splits["splits"]["test"]) - 7248 / 5) <= 1 and splits["meta"]["fold"] == 2
+    with pytest.raises(Exception, match="fold must be in 0..4"):
+        run_finetune(load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={tmp_path / 'x'}",
+                                                                          "folds=5", "fold=5"]), progress=False)
+
+
+def test_resuming_with_other_settings_is_refused(tiny_run, cinc_folder):
+    out, _ = tiny_run
+    cfg = load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={out}", "model.width=0.25"])
+    with pytest.raises(Exception, match="config.yaml: this run folder holds a run with other settings \\(model\\)"):
+        run_finetune(cfg, progress=False)

@@ -143,3 +143,24 @@ def test_prepare_resumes_after_sigkill(mirror, tmp_path):
     for name, mtime in finished.items():
         assert (out / "patients" / "svdb" / name / "meta.json").stat().st_mtime_ns == mtime
     assert len(Store(out)) == 78
+
+
+def test_cinc_records_as_heart_rate_pretraining_data(cinc_folder, tmp_path):
+    """Unannotated CinC records enter the store with QRS-detector beats; only the given (training) records."""
+    from ecgtl.data.prepare import build_jobs
+    from ecgtl.data.sampling import fixed_frames
+    from ecgtl.errors import ConfigError
+    from ecgtl.tasks.heart_rate import HR_NOISE
+
+    with pytest.raises(ConfigError, match="--cinc needs --cinc-records"):
+        build_jobs(cinc=str(cinc_folder))
+    names = [n for n in (cinc_folder / "RECORDS").read_text().split()[:12]]
+    (tmp_path / "train.txt").write_text("\n".join(names))
+    report = prepare(tmp_path / "store", build_jobs(cinc=str(cinc_folder), cinc_records=str(tmp_path / "train.txt")), progress=False)
+    assert not report.failures and len(Store(tmp_path / "store")) == 12
+    p = Store(tmp_path / "store").open(f"cinc2017/{names[0]}")
+    assert p.fs == 250 and p.meta["source"] == "cinc2017"
+    seconds = p.meta["n_samples"] / 250
+    assert 0.6 * seconds < p.meta["n_beats"] < 3.5 * seconds  # 36-210 bpm: plausible detected beats
+    x, y = fixed_frames(tmp_path / "store", [f"cinc2017/{n}" for n in names], 2500, 4, "heart_rate", seed=0)
+    assert x.shape == (48, 1, 2500) and (y != HR_NOISE).mean() > 0.8

@@ -52,6 +52,8 @@ class FinetuneConfig:
     split_seed: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.05
+    folds: int = 0  # k-fold cross-validation instead of the 80/20 split (0: off); run each fold with fold=i
+    fold: int = 0
     label_fraction: float = 1.0  # fraction of the training records used (low-label fine-tuning)
     fs: float = 250.0  # Hz of the model input (records are resampled from 300 Hz)
     input: str = "crop"  # "crop": random crops in training, sliding windows at test; "paper": last 65.5 s zero-padded
@@ -228,10 +230,6 @@ def _plain(obj):
     return obj
 
 
-def save_config(cfg, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
-
-
 def add_config_command(subparsers, name: str, cls: type, run, help: str, description: str,
                        shortcuts: dict[str, dict]) -> None:
     """Register a command whose options are a preset, ``--set key=value`` overrides and a few shortcuts.
@@ -254,3 +252,25 @@ def add_config_command(subparsers, name: str, cls: type, run, help: str, descrip
         return 0
 
     p.set_defaults(func=run_from_args)
+
+
+# fields a resumed run may change: how long to train, where and with what hardware
+RESUMABLE_CHANGES = {"epochs", "rounds", "patience", "out", "num_workers", "device", "amp", "compile", "bootstrap",
+                     "eval_batch_size"}
+
+
+def save_or_check_config(cfg, path: str | os.PathLike) -> None:
+    """Write the run's config, or, when resuming into a folder that has one, refuse a different run.
+
+    Resuming a checkpoint under other settings would mix two experiments in one result; only
+    the fields of :data:`RESUMABLE_CHANGES` may differ (e.g. more epochs).
+    """
+    path = Path(path)
+    new = _plain(to_dict(cfg))
+    if path.is_file() and any(path.parent.glob("checkpoint.pt")):
+        old = yaml.safe_load(path.read_text()) or {}
+        changed = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        if changed:
+            raise ConfigError(f"{path}: this run folder holds a run with other settings ({', '.join(changed)}); "
+                              "use another --out, or delete the folder to start over")
+    path.write_text(yaml.safe_dump(new, sort_keys=False))

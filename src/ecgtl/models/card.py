@@ -8,6 +8,7 @@ data it was trained on, seed, steps and the git commit. ``ecgtl finetune --init 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -35,8 +36,12 @@ def write_card(path: str | os.PathLike, weights: str | os.PathLike, **fields) ->
     """Write a card JSON next to (or pointing at) ``weights``; returns the card."""
     path = Path(path)
     weights = Path(weights)
+    from ecgtl import __version__
+
     card = {"card_version": CARD_VERSION,
             "weights": os.path.relpath(weights, path.parent),
+            "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "ecgtl_version": __version__, "torch_version": torch.__version__,
             "git_commit": git_commit(), **fields}
     for key in ("architecture", "width", "fs", "normalization"):
         if key not in card:

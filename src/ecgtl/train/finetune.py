@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ecgtl.config import FinetuneConfig, add_config_command, save_config, to_dict
+from ecgtl.config import FinetuneConfig, add_config_command, save_or_check_config, to_dict
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc2017 import Cinc2017
 from ecgtl.data.cinc_dataset import CincCropDataset, CincPaperDataset, prepare_cinc
-from ecgtl.data.splits import load_splits, make_splits, save_splits, subset_labels
+from ecgtl.data.splits import kfold_splits, load_splits, make_splits, save_splits, subset_labels
 from ecgtl.data.transforms import PAPER_CINC, Normalization
 from ecgtl.errors import ConfigError
 from ecgtl.evaluate.inference import inference_dataset, predict_dataset
@@ -47,7 +47,7 @@ def _eval_dataset(cfg: FinetuneConfig, signals):
 def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    save_or_check_config(cfg, out / "config.yaml")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
@@ -64,10 +64,16 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         splits = load_splits(split_file)
     else:
         names = sorted(by_name)
-        splits = make_splits(names, [by_name[n].label for n in names], test_fraction=cfg.test_fraction,
-                             val_fraction=cfg.val_fraction, seed=cfg.split_seed)
-        save_splits(split_file, splits, seed=cfg.split_seed, label_file=str(cinc.label_file),
-                    test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
+        labels_all = [by_name[n].label for n in names]
+        if cfg.folds:  # k-fold cross-validation: this run is fold ``cfg.fold`` of ``cfg.folds``
+            if not 0 <= cfg.fold < cfg.folds:
+                raise ConfigError(f"fold must be in 0..{cfg.folds - 1}, got {cfg.fold}")
+            splits = kfold_splits(names, labels_all, k=cfg.folds, val_fraction=cfg.val_fraction, seed=cfg.split_seed)[cfg.fold]
+        else:
+            splits = make_splits(names, labels_all, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
+                                 seed=cfg.split_seed)
+        save_splits(split_file, splits, seed=cfg.split_seed, label_file=str(cinc.label_file), folds=cfg.folds,
+                    fold=cfg.fold, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
     if cfg.splits:
         save_splits(out / "splits.json", splits, source=str(cfg.splits))
     missing = [n for part in splits.values() for n in part if n not in by_name]

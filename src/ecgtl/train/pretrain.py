@@ -18,6 +18,7 @@ Outputs in ``out``: ``config.yaml``, ``metrics.csv``, ``checkpoint.pt``, ``best.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.signal import resample_poly
 
-from ecgtl.config import PretrainConfig, add_config_command, save_config, to_dict
+from ecgtl.config import PretrainConfig, add_config_command, save_or_check_config, to_dict
 from ecgtl.constants import ICENTIA_FS_HZ
 from ecgtl.data.sampling import FrameSampler, estimate_normalization, fixed_frames, select_fraction, split_patients
 from ecgtl.data.store import Store
@@ -82,7 +83,7 @@ class PretrainJob:
     @property
     def window_samples(self) -> int:
         """The same window in samples at the store's rate (250 Hz)."""
-        return int(round(self.input_samples * ICENTIA_FS_HZ / self.cfg.fs))
+        return int(math.ceil(self.input_samples * ICENTIA_FS_HZ / self.cfg.fs))  # to_input crops the excess
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         """Resample frames from the store's 250 Hz to the model's ``cfg.fs`` (polyphase, anti-aliased)."""
@@ -207,7 +208,7 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         out = Path(cfg.out)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.yaml")
+            save_or_check_config(cfg, out / "config.yaml")
         sampler = job.sampler()
         steps_per_round = sampler.batches_per_round(cfg.batch_size, cfg.num_workers)
         if steps_per_round < 1:
