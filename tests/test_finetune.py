@@ -174,3 +174,15 @@ def test_resuming_with_other_settings_is_refused(tiny_run, cinc_folder):
     cfg = load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={out}", "model.width=0.25"])
     with pytest.raises(Exception, match="config.yaml: this run folder holds a run with other settings \\(model\\)"):
         run_finetune(cfg, progress=False)
+
+
+def test_stft_model_card_classifies_raw_recordings(cinc_folder, tmp_path):
+    """The spectrogram model goes through the same card -> Classifier path as the 1-D models."""
+    model = create_model("resnet18v2_2d_stft", num_classes=4, width=0.125)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "best.safetensors"))
+    write_card(tmp_path / "model.json", tmp_path / "best.safetensors", architecture="resnet18v2_2d_stft", width=0.125,
+               num_classes=4, classes=list(CINC_CLASSES), fs=125, normalization={"mean": 0.0, "std": 0.24}, task="cinc2017",
+               input="crop", window_samples=2048, hop_samples=1024)
+    sig, fs = load_recording(str(cinc_folder / "A00002.mat"))
+    probs = Classifier(tmp_path).predict_proba([sig], fs)
+    assert probs.shape == (1, 4) and abs(probs.sum() - 1) < 1e-5

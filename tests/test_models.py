@@ -30,7 +30,7 @@ def _backbone_params(model: torch.nn.Module) -> int:
 
 
 def test_registry_lists_all_models():
-    assert list_models() == sorted(MODELS_1D + MODELS_2D)
+    assert list_models() == sorted(MODELS_1D + MODELS_2D + ["resnet18_2d_stft", "resnet18v2_2d_stft"])
     assert list_models("resnet*v2") == ["resnet18v2", "resnet34v2", "resnet50v2"]
 
 
@@ -245,3 +245,21 @@ def test_parameter_counts_match_the_study():
     assert abs(k3 / 4.49e6 - 1) > 0.1
     # the 2-D ResNet-18 matches torchvision's resnet18 trunk (11,176,512 for 3 input channels)
     assert rows["resnet18_2d"][0] == 11_176_512 - 2 * 64 * 7 * 7
+
+
+@pytest.mark.parametrize("name", ["resnet18_2d_stft", "resnet18v2_2d_stft"])
+def test_stft_models_take_raw_ecg(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=4, width=0.125).eval()
+    x = torch.randn(3, 1, 2048)
+    assert model(x).shape == (3, 4)
+    assert model.forward_features(x).shape == (3, model.num_features)
+    spec = model.input_transform(x)
+    assert spec.shape == (3, 1, 33, 1 + 2048 // 8)
+    # the spectrogram is computed, not learned: no extra weights in the state dict
+    plain = create_model(name.replace("_stft", ""), num_classes=4, width=0.125)
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    # a 10 Hz sine at 125 Hz peaks in the bin of 10 Hz
+    t = torch.arange(2048) / 125.0
+    s = model.input_transform(torch.sin(2 * torch.pi * 10 * t).reshape(1, 1, -1))[0, 0].mean(dim=1)
+    assert int(s.argmax()) == round(10 / (125 / 64))

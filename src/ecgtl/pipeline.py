@@ -62,7 +62,7 @@ def unpack_local_mirror(shared: Path, mirror: Path) -> None:
 def run_pipeline(shared: str | os.PathLike = DEFAULT_SHARED, work: str | os.PathLike = "data",
                  workers: int = 2, progress: bool = True, until: str = "compare", preset: str = "cpu",
                  label_fractions: tuple[float, ...] = (1.0, 0.1), seeds: tuple[int, ...] = (0,),
-                 runs: str | os.PathLike = "runs/pipeline") -> dict:
+                 runs: str | os.PathLike = "runs/pipeline", model: str | None = None) -> dict:
     shared, work, runs = Path(shared), Path(work), Path(runs)
     summary: dict = {"shared_data": str(shared), "work": str(work), "steps": {}}
     t0 = time.perf_counter()
@@ -110,21 +110,22 @@ def run_pipeline(shared: str | os.PathLike = DEFAULT_SHARED, work: str | os.Path
                                 "records_per_s": round(len(records) / seconds, 1)}
     runs.mkdir(parents=True, exist_ok=True)
     if until != "cinc":
-        summary["steps"]["transfer"] = run_transfer(work, runs, preset, label_fractions, seeds, progress)
+        summary["steps"]["transfer"] = run_transfer(work, runs, preset, label_fractions, seeds, progress, model)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     (runs / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"done in {summary['seconds']:.0f} s; summary in {runs / 'summary.json'}")
     return summary
 
 
-def run_transfer(work: Path, runs: Path, preset: str, label_fractions, seeds, progress: bool) -> dict:
+def run_transfer(work: Path, runs: Path, preset: str, label_fractions, seeds, progress: bool, model: str | None = None) -> dict:
     """Steps 5-7: pre-train (beat task), fine-tune random vs pre-trained, compare."""
     from ecgtl.config import FinetuneConfig, PretrainConfig, load_config
     from ecgtl.experiments.compare import compare
     from ecgtl.train.finetune import run_finetune
     from ecgtl.train.pretrain import run_pretrain
 
-    ft = load_config(FinetuneConfig, preset, "finetune")
+    model_override = [f"model.name={model}"] if model else []
+    ft = load_config(FinetuneConfig, preset, "finetune", model_override)
     print(f"[5/7] pretrain: beat task on {work / 'store'} ({preset} preset, {ft.model.name} width {ft.model.width} "
           f"at {ft.fs:g} Hz)")
     pre_dir = runs / "pretrain-beat"
@@ -140,7 +141,7 @@ def run_transfer(work: Path, runs: Path, preset: str, label_fractions, seeds, pr
             for init in ("random", "pretrained"):
                 name = f"{init}-labels{fraction:g}-seed{seed}"
                 print(f"[6/7] finetune {name}")
-                overrides = [f"data={data}", f"out={runs / name}", f"seed={seed}", f"label_fraction={fraction}"]
+                overrides = [f"data={data}", f"out={runs / name}", f"seed={seed}", f"label_fraction={fraction}", *model_override]
                 if splits.is_file():
                     overrides.append(f"splits={splits}")
                 if init == "pretrained":
@@ -168,7 +169,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seeds", default="0", help="fine-tuning seeds, e.g. 0,1,2 (default: %(default)s)")
     p.add_argument("--until", choices=("cinc", "compare"), default="compare", help="stop after this step")
     p.add_argument("--runs", default="runs/pipeline", help="output folder of the runs (default: %(default)s)")
+    p.add_argument("--model", help="architecture for pre-training and fine-tuning, e.g. resnet18v2_2d_stft (default: the preset's)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=lambda a: 0 if run_pipeline(
         a.shared_data, a.work, a.workers, not a.no_progress, a.until, a.preset,
-        tuple(float(x) for x in a.label_fractions.split(",")), tuple(int(x) for x in a.seeds.split(",")), a.runs) else 1)
+        tuple(float(x) for x in a.label_fractions.split(",")), tuple(int(x) for x in a.seeds.split(",")), a.runs, a.model) else 1)

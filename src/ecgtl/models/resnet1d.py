@@ -257,8 +257,11 @@ class ResNet(nn.Module):
         drop_rate: float = 0.0,
         spatial_dims: int = 1,
         stem_kernel_size: int = 7,
+        input_transform: nn.Module | None = None,
     ):
         super().__init__()
+        # e.g. a spectrogram computed on the device: the model still takes raw ECG (B, C, T)
+        self.input_transform = input_transform
         if (block, bool(preact)) not in _BLOCKS:
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
         if spatial_dims not in _CONV:
@@ -350,7 +353,10 @@ class ResNet(nn.Module):
         1-D: ``(B, in_chans, T)`` -> ``(B, num_features, ceil(T / 32))`` (T in samples).
         2-D: ``(B, in_chans, F, T)`` -> ``(B, num_features, ceil(F / 32), ceil(T / 32))``.
         Useful for masked pooling over zero-padded records or for saliency maps.
+        With an ``input_transform`` (the STFT models) the input is raw ECG ``(B, 1, T)``.
         """
+        if self.input_transform is not None:
+            x = self.input_transform(x)
         self._check_input(x)
         x = self.stem(x)
         x = self.stages(x)

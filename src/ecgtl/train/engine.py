@@ -8,6 +8,10 @@ best weights (``best.safetensors``) and writes a checkpoint atomically. So a run
 any moment resumes from its last checkpoint and ends with the same weights as an
 uninterrupted run with the same seed.
 
+Bit-exact resume holds on CPU (tested); on GPU, cuDNN and atomics make runs
+non-deterministic unless ``torch.use_deterministic_algorithms(True)`` is set, so a resumed
+GPU run matches an uninterrupted one only statistically.
+
 Checkpoints are read with ``torch.load(weights_only=True)``: they hold only tensors and
 plain Python values, never pickled objects.
 """
