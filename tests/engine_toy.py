@@ -10,7 +10,7 @@ import torch
 from ecgtl.train.engine import Trainer, round_seed
 
 
-def make_trainer(out, rounds=4, sleep=0.0, seed=0):
+def make_trainer(out, rounds=4, sleep=0.0, seed=0, checkpoint_every=None):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(16, 3))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -35,8 +35,9 @@ def make_trainer(out, rounds=4, sleep=0.0, seed=0):
         return {"val_acc": float((m(X).argmax(1) == Y).float().mean())}
 
     return Trainer(model, opt, step_fn, make_batches, evaluate, out, rounds=rounds, monitor="val_acc",
-                   scheduler=sched, seed=seed, progress=False)
+                   scheduler=sched, seed=seed, progress=False, checkpoint_every=checkpoint_every)
 
 
 if __name__ == "__main__":
-    make_trainer(sys.argv[1], rounds=int(sys.argv[2]), sleep=float(sys.argv[3])).fit()
+    every = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    make_trainer(sys.argv[1], rounds=int(sys.argv[2]), sleep=float(sys.argv[3]), checkpoint_every=every).fit()

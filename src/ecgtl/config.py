@@ -101,6 +101,7 @@ class PretrainConfig:
     frames_per_patient: int = 64  # frames drawn from each training patient per round
     val_frames_per_patient: int = 32
     rounds: int = 10
+    checkpoint_every: int | None = None  # optimiser steps between mid-round checkpoints (None: after each round)
     patience: int | None = None
     batch_size: int = 32
     num_workers: int = 0
@@ -255,7 +256,7 @@ def add_config_command(subparsers, name: str, cls: type, run, help: str, descrip
 
 
 # fields a resumed run may change: how long to train, where and with what hardware
-RESUMABLE_CHANGES = {"epochs", "rounds", "patience", "out", "num_workers", "device", "amp", "compile", "bootstrap",
+RESUMABLE_CHANGES = {"epochs", "rounds", "checkpoint_every", "patience", "out", "num_workers", "device", "amp", "compile", "bootstrap",
                      "eval_batch_size"}
 
 

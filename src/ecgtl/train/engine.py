@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -87,6 +88,9 @@ class TrainState:
     stale_rounds: int = 0  # rounds since the best (early stopping)
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    round_batches: int = 0  # batches done in the unfinished round (a mid-round checkpoint)
+    round_loss_sum: float = 0.0
+    round_items: int = 0
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -129,7 +133,7 @@ class Trainer:
                  patience: int | None = None, scheduler=None, seed: int = 0, device: torch.device | None = None,
                  amp: bool = False, on_round_start: Callable[[torch.nn.Module, int], None] | None = None,
                  steps_per_round: int | None = None, progress: bool = True, best_metadata: dict | None = None,
-                 is_main: bool = True):
+                 is_main: bool = True, checkpoint_every: int | None = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.step_fn, self.make_batches, self.evaluate = step_fn, make_batches, evaluate
         self.out = Path(out_dir)
@@ -142,7 +146,9 @@ class Trainer:
         self.on_round_start, self.steps_per_round, self.progress = on_round_start, steps_per_round, progress
         self.best_metadata = {k: str(v) for k, v in (best_metadata or {}).items()}
         self.is_main = is_main
+        self.checkpoint_every = checkpoint_every  # optimiser steps between mid-round checkpoints (None: rounds only)
         self.state = TrainState()
+        self._rng: dict | None = None
         self._tb = None
 
     # ------------------------------------------------------------------ checkpoints
@@ -152,6 +158,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "state": json.dumps(asdict(self.state)),
+            # the random stream of an unfinished round (dropout), so a mid-round resume is exact
+            "rng_cpu": torch.get_rng_state(),
+            **({"rng_cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }
 
     def resume(self) -> bool:
@@ -165,6 +174,7 @@ class Trainer:
         if self.scheduler is not None and ckpt["scheduler"] is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.state = TrainState(**json.loads(ckpt["state"]))
+        self._rng = {k: ckpt[k] for k in ("rng_cpu", "rng_cuda") if k in ckpt} if self.state.round_batches else None
         return True
 
     def _write_metrics(self) -> None:
@@ -232,7 +242,8 @@ class Trainer:
         found = resume and (self.out / CHECKPOINT_FILE).is_file()
         self._check_resume_agrees(found)
         if found and self.resume() and self.is_main:
-            print(f"resumed from {self.out / CHECKPOINT_FILE} after round {self.state.round} (step {self.state.step})")
+            print(f"resumed from {self.out / CHECKPOINT_FILE} after round {self.state.round} (step {self.state.step}"
+                  + (f", {self.state.round_batches} batches into round {self.state.round + 1})" if self.state.round_batches else ")"))
         while self.state.round < self.rounds and not self.state.stopped_early:
             r = self.state.round
             seed_everything(round_seed(self.seed, r))
@@ -240,8 +251,16 @@ class Trainer:
                 self.on_round_start(unwrap(self.model), r)
             self.model.train()
             t0 = time.perf_counter()
-            total, count = torch.zeros((), device=self.device), 0
-            bar = tqdm(self.make_batches(r), total=self.steps_per_round, desc=f"round {r + 1}/{self.rounds}",
+            skip = self.state.round_batches  # resuming inside this round: replay the data, not the steps
+            total, count = torch.full((), self.state.round_loss_sum, device=self.device), self.state.round_items
+            batches = iter(self.make_batches(r))  # a DataLoader draws its base seed here, before the restore
+            if skip and self._rng is not None:
+                torch.set_rng_state(self._rng["rng_cpu"])
+                if "rng_cuda" in self._rng:
+                    torch.cuda.set_rng_state(self._rng["rng_cuda"], self.device)
+            self._rng = None
+            bar = tqdm(itertools.islice(batches, skip, None), total=self.steps_per_round,
+                       initial=skip, desc=f"round {r + 1}/{self.rounds}",
                        unit="batch", leave=False, disable=not (self.progress and self.is_main))
             for batch in bar:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -258,7 +277,12 @@ class Trainer:
                 count += n
                 if self.progress and self.is_main and self.state.step % 20 == 0:  # reading the loss syncs a GPU
                     bar.set_postfix(loss=f"{float(total) / max(count, 1):.4f}")
+                self.state.round_batches += 1
+                if self.checkpoint_every and self.state.step % self.checkpoint_every == 0 and self.is_main:
+                    self.state.round_loss_sum, self.state.round_items = float(total), count
+                    _atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT_FILE)
             bar.close()
+            self.state.round_batches, self.state.round_loss_sum, self.state.round_items = 0, 0.0, 0
             total = float(total)
             train_seconds = time.perf_counter() - t0
             metrics = self._evaluate(r)

@@ -231,7 +231,7 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         trainer = Trainer(model, optimizer, job.step_fn, make_batches_fn(job, sampler), make_evaluate(job), out,
                           rounds=cfg.rounds, monitor="val_loss", mode="min", patience=cfg.patience, scheduler=scheduler,
                           seed=cfg.seed, device=device, amp=cfg.amp, steps_per_round=steps_per_round,
-                          progress=progress, is_main=rank == 0)
+                          progress=progress, is_main=rank == 0, checkpoint_every=cfg.checkpoint_every)
         t0 = time.perf_counter()
         state = trainer.fit()
         seconds = time.perf_counter() - t0
