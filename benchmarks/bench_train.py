@@ -2,7 +2,7 @@
 the frames/s the sampler delivers from a real store, so the ratio says whether data loading keeps up.
 
     python benchmarks/bench_train.py [--store data/store] [--device cpu] [--widths 1.0,0.25]
-        [--archs resnet18v2,resnet34v2,resnet50v2] [--frames 512,2048,4096] [--steps 3]
+        [--archs resnet18_preact,resnet34_preact,resnet50_preact] [--frames 512,2048,4096] [--steps 3]
 
 Build the store first (``make pipeline`` or ``ecgtl pipeline --until cinc``). Writes
 benchmarks/results/bench_train.json.
@@ -64,7 +64,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default="data/store")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--archs", default="resnet18v2,resnet34v2,resnet50v2")
+    ap.add_argument("--archs", default="resnet18_preact,resnet34_preact,resnet50_preact")
     ap.add_argument("--widths", default="1.0,0.25")
     ap.add_argument("--frames", default="512,2048,4096")
     ap.add_argument("--batch", type=int, default=32)

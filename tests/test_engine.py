@@ -93,3 +93,32 @@ def test_sigkill_between_mid_round_checkpoints_then_resume(tmp_path):
     for k, v in reference.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert resumed.state.step == 24
+
+
+def test_one_step_moves_the_weights_and_a_nan_loss_never_reaches_them(tmp_path):
+    trainer = make_trainer(tmp_path, rounds=1)
+    before = _weights(trainer)
+    x, y = next(iter(trainer.make_batches(0)))
+    loss, n = trainer._step((x, y), 0)
+    assert n == 32 and trainer.state.step == 1 and torch.isfinite(loss)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    moved = _weights(trainer)
+    try:
+        trainer._step((x.fill_(float("nan")), y), 0)
+        raise AssertionError("a NaN loss was accepted")
+    except FloatingPointError as err:
+        assert "non-finite loss" in str(err) and "step 2" in str(err)
+    assert trainer.state.step == 1
+    assert all(torch.equal(moved[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_end_of_round_keeps_the_best_weights_and_stops_early(tmp_path):
+    trainer = make_trainer(tmp_path, rounds=10)
+    trainer.patience = 2
+    for r, acc in enumerate([0.5, 0.7, 0.6, 0.65]):
+        trainer._end_round({"round": r + 1, "step": r, "train_loss": 1.0, "train_seconds": 0.0, "val_acc": acc})
+    assert (trainer.state.best_round, trainer.state.stale_rounds, trainer.state.stopped_early) == (2, 2, True)
+    assert (tmp_path / BEST_FILE).is_file() and (tmp_path / CHECKPOINT_FILE).is_file()
+    rows = list(csv.DictReader(open(tmp_path / METRICS_FILE)))
+    assert [float(r["val_acc"]) for r in rows] == [0.5, 0.7, 0.6, 0.65]
+    assert trainer.fit().round == 4  # stopped: nothing more is trained

@@ -10,7 +10,7 @@ import torch
 
 from ecgtl.errors import ConfigError
 from ecgtl.models import create_model
-from ecgtl.tasks.future import FuturePrediction, positive_top1, sinusoidal_position_table
+from ecgtl.models.future_prediction import FuturePrediction, positive_top1, sinusoidal_position_table
 
 K, T = 8, 64  # 8 context frames as the authors, short frames to keep CPU tests fast
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ecgtl.errors import ConfigError
-from ecgtl.models import HEAD_PREFIX, backbone_state_dict, create_model, list_models, scale_channels
+from ecgtl.models import HEAD_PREFIX, backbone_state_dict, create_model, is_model, list_models, scale_channels
 
-MODELS_1D = ["resnet18", "resnet34", "resnet50", "resnet18v2", "resnet34v2", "resnet50v2"]
-MODELS_2D = ["resnet18_2d", "resnet18v2_2d"]
+MODELS_1D = ["resnet18_postact", "resnet34_postact", "resnet50_postact", "resnet18_preact", "resnet34_preact", "resnet50_preact"]
+MODELS_2D = ["resnet18_postact_2d", "resnet18_preact_2d"]
 SMALL = 0.25  # width multiplier that keeps the tests fast
 
 
@@ -30,17 +30,31 @@ def _backbone_params(model: torch.nn.Module) -> int:
 
 
 def test_registry_lists_all_models():
-    assert list_models() == sorted(MODELS_1D + MODELS_2D + ["resnet18_2d_stft", "resnet18v2_2d_stft"])
-    assert list_models("resnet*v2") == ["resnet18v2", "resnet34v2", "resnet50v2"]
+    assert list_models() == sorted(MODELS_1D + MODELS_2D + ["resnet18_postact_2d_stft", "resnet18_preact_2d_stft"])
+    assert list_models("resnet*_preact") == ["resnet18_preact", "resnet34_preact", "resnet50_preact"]
+
+
+@pytest.mark.parametrize("old, new", [("resnet18", "resnet18_postact"), ("resnet18v2", "resnet18_preact"),
+                                      ("resnet50v2", "resnet50_preact"), ("resnet18v2_2d_stft", "resnet18_preact_2d_stft")])
+def test_older_names_build_the_same_network_under_its_new_name(old, new):
+    """Cards and presets written before the rename still load: an alias builds the registered model."""
+    assert is_model(old) and old not in list_models() and old in list_models(aliases=True)
+    torch.manual_seed(0)
+    a = create_model(old, num_classes=4, width=SMALL)
+    torch.manual_seed(0)
+    b = create_model(new, num_classes=4, width=SMALL)
+    assert a.model_name == b.model_name == new
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
 
 
 def test_unknown_model_and_bad_arguments_raise_config_error():
-    with pytest.raises(ConfigError, match="resnet18v2"):  # the message lists the available models
+    with pytest.raises(ConfigError, match="resnet18_preact"):  # the message lists the available models
         create_model("resnet19")
     with pytest.raises(ConfigError):
-        create_model("resnet18", num_classes=-1)
+        create_model("resnet18_postact", num_classes=-1)
     with pytest.raises(ConfigError):
-        create_model("resnet18", width=0)
+        create_model("resnet18_postact", width=0)
 
 
 @pytest.mark.parametrize("name", MODELS_1D + MODELS_2D)
@@ -59,7 +73,7 @@ def test_create_model_output_and_feature_shapes(name):
     torch.testing.assert_close(logits, model.forward_head(features))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet18v2"])
+@pytest.mark.parametrize("name", ["resnet18_postact", "resnet18_preact"])
 def test_1d_models_accept_any_length(name):
     model = create_model(name, num_classes=4, width=SMALL).eval()
     with torch.no_grad():
@@ -71,7 +85,7 @@ def test_1d_models_accept_any_length(name):
 
 
 def test_2d_model_spatial_sizes_and_in_chans():
-    model = create_model("resnet18_2d", num_classes=4, in_chans=2, width=SMALL).eval()
+    model = create_model("resnet18_postact_2d", num_classes=4, in_chans=2, width=SMALL).eval()
     x = torch.randn(2, 2, 65, 129)  # (B, C, F, T)
     with torch.no_grad():
         assert model.forward_feature_maps(x).shape == (2, model.num_features, 3, 5)
@@ -79,7 +93,7 @@ def test_2d_model_spatial_sizes_and_in_chans():
 
 
 def test_multi_lead_input_and_wrong_rank():
-    model = create_model("resnet18v2", num_classes=4, in_chans=12, width=SMALL).eval()
+    model = create_model("resnet18_preact", num_classes=4, in_chans=12, width=SMALL).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 12, 1000)).shape == (2, 4)
     with pytest.raises(ValueError, match=r"\(B, C, T\)"):
@@ -87,15 +101,15 @@ def test_multi_lead_input_and_wrong_rank():
 
 
 def test_zero_classes_gives_a_backbone():
-    model = create_model("resnet34v2", num_classes=0, width=SMALL).eval()
-    x = _dummy_input("resnet34v2")
+    model = create_model("resnet34_preact", num_classes=0, width=SMALL).eval()
+    x = _dummy_input("resnet34_preact")
     assert isinstance(model.get_classifier(), torch.nn.Identity)
     with torch.no_grad():
         torch.testing.assert_close(model(x), model.forward_features(x))
     assert not any(k.startswith(HEAD_PREFIX) for k in model.state_dict())
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50v2", "resnet18_2d"])
+@pytest.mark.parametrize("name", ["resnet18_postact", "resnet50_preact", "resnet18_postact_2d"])
 def test_reset_classifier_changes_only_the_head(name):
     model = create_model(name, num_classes=5, width=SMALL)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -114,13 +128,13 @@ def test_reset_classifier_changes_only_the_head(name):
 
 
 def test_head_parameters_live_under_head_prefix():
-    model = create_model("resnet18v2", num_classes=5, width=SMALL, drop_rate=0.2)
+    model = create_model("resnet18_preact", num_classes=5, width=SMALL, drop_rate=0.2)
     head_names = {f"{HEAD_PREFIX}{k}" for k, _ in model.get_classifier().named_parameters()}
     assert head_names == {k for k, _ in model.named_parameters() if k.startswith(HEAD_PREFIX)}
     assert _num_params(model) - _backbone_params(model) == model.num_features * 5 + 5
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet18v2"])
+@pytest.mark.parametrize("name", ["resnet18_postact", "resnet18_preact"])
 def test_backbone_transfers_from_pretext_to_target_head(name):
     torch.manual_seed(0)
     pretext = create_model(name, num_classes=5, width=SMALL)  # e.g. the 5 beat classes
@@ -140,8 +154,8 @@ def test_backbone_transfers_from_pretext_to_target_head(name):
 
 def test_eval_is_deterministic_and_dropout_only_acts_in_training():
     torch.manual_seed(0)
-    model = create_model("resnet18", num_classes=4, width=SMALL, drop_rate=0.5)
-    x = _dummy_input("resnet18")
+    model = create_model("resnet18_postact", num_classes=4, width=SMALL, drop_rate=0.5)
+    x = _dummy_input("resnet18_postact")
     with torch.no_grad():
         model.eval()
         torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
@@ -150,14 +164,14 @@ def test_eval_is_deterministic_and_dropout_only_acts_in_training():
 
 
 def test_gradients_reach_every_parameter():
-    model = create_model("resnet50v2", num_classes=4, width=SMALL, drop_rate=0.1).train()
-    logits = model(_dummy_input("resnet50v2", batch=3, length=256))
+    model = create_model("resnet50_preact", num_classes=4, width=SMALL, drop_rate=0.1).train()
+    logits = model(_dummy_input("resnet50_preact", batch=3, length=256))
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 3])).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_block_styles():
-    post, pre = create_model("resnet18"), create_model("resnet18v2")
+    post, pre = create_model("resnet18_postact"), create_model("resnet18_preact")
     post_keys, pre_keys = set(post.state_dict()), set(pre.state_dict())
     # authors' post-activation: conv-BN-ReLU stem, BN on projection shortcuts, no final norm
     assert "stem.bn.weight" in post_keys and "stages.1.0.downsample.bn.weight" in post_keys
@@ -171,7 +185,7 @@ def test_block_styles():
 def test_width_multiplier_reduces_parameters():
     assert [scale_channels(c, 0.25) for c in (64, 128, 256, 512)] == [16, 32, 64, 128]
     assert scale_channels(64, 0.01) == 8  # floor of 8 channels
-    full, quarter = create_model("resnet18"), create_model("resnet18", width=0.25)
+    full, quarter = create_model("resnet18_postact"), create_model("resnet18_postact", width=0.25)
     assert quarter.num_features == 128
     # convolution weights scale with width**2: about 1/16 of the parameters
     assert 1 / 20 < _num_params(quarter) / _num_params(full) < 1 / 12
@@ -179,9 +193,9 @@ def test_width_multiplier_reduces_parameters():
 
 def test_invalid_kernel_sizes_are_rejected():
     with pytest.raises(ValueError, match="odd"):
-        create_model("resnet18", kernel_sizes=(7, 5, 5, 4))
+        create_model("resnet18_postact", kernel_sizes=(7, 5, 5, 4))
     with pytest.raises(ValueError, match="one kernel size per stage"):
-        create_model("resnet18", kernel_sizes=(7, 5, 5))
+        create_model("resnet18_postact", kernel_sizes=(7, 5, 5))
 
 
 def _keras_feature_extractor_count(layers, kernel_sizes, bottleneck):
@@ -219,11 +233,11 @@ def test_parameter_counts_match_the_study():
 
     Full-width counts (backbone only; "+stats" adds the BN running mean/var, as Keras counts):
 
-        resnet18    4,482,880  (+stats 4,492,480 == the authors' Keras model, "4.49 M")
-        resnet18v2  4,481,088  (+stats 4,488,896)
-        resnet34    9,069,632  (+stats 9,086,656)     resnet34v2  9,067,840
-        resnet50   16,920,896  (+stats 16,974,016)    resnet50v2 16,913,216
-        kernels 3/3/3/3 instead of 7/5/5/3: resnet18 3,843,904 (-14 %)
+        resnet18_postact    4,482,880  (+stats 4,492,480 == the authors' Keras model, "4.49 M")
+        resnet18_preact  4,481,088  (+stats 4,488,896)
+        resnet34_postact    9,069,632  (+stats 9,086,656)     resnet34_preact  9,067,840
+        resnet50_postact   16,920,896  (+stats 16,974,016)    resnet50_preact 16,913,216
+        kernels 3/3/3/3 instead of 7/5/5/3: resnet18_postact 3,843,904 (-14 %)
     """
     rows = {}
     for name in MODELS_1D + MODELS_2D:
@@ -233,21 +247,21 @@ def test_parameter_counts_match_the_study():
 
     # our post-activation models reproduce the authors' Keras feature extractors exactly
     paper = dict(layers=(2, 2, 2, 2), kernel_sizes=(7, 5, 5, 3), bottleneck=False)
-    assert rows["resnet18"][1] == _keras_feature_extractor_count(**paper) == 4_492_480
-    assert rows["resnet34"][1] == _keras_feature_extractor_count((3, 4, 6, 3), (7, 5, 5, 3), False)
-    assert rows["resnet50"][1] == _keras_feature_extractor_count((3, 4, 6, 3), (7, 5, 5, 3), True)
-    assert round(rows["resnet18"][1] / 1e6, 2) == 4.49
+    assert rows["resnet18_postact"][1] == _keras_feature_extractor_count(**paper) == 4_492_480
+    assert rows["resnet34_postact"][1] == _keras_feature_extractor_count((3, 4, 6, 3), (7, 5, 5, 3), False)
+    assert rows["resnet50_postact"][1] == _keras_feature_extractor_count((3, 4, 6, 3), (7, 5, 5, 3), True)
+    assert round(rows["resnet18_postact"][1] / 1e6, 2) == 4.49
     # both block styles are within 0.5 % of 4.49 M: they differ only in where BN sits
-    for name in ("resnet18", "resnet18v2"):
+    for name in ("resnet18_postact", "resnet18_preact"):
         assert abs(rows[name][0] / 4.49e6 - 1) < 0.005, name
     # the kernel sizes are what makes the count: 3/3/3/3 would give 3.84 M
-    k3 = _backbone_params(create_model("resnet18", kernel_sizes=(3, 3, 3, 3)))
+    k3 = _backbone_params(create_model("resnet18_postact", kernel_sizes=(3, 3, 3, 3)))
     assert abs(k3 / 4.49e6 - 1) > 0.1
-    # the 2-D ResNet-18 matches torchvision's resnet18 trunk (11,176,512 for 3 input channels)
-    assert rows["resnet18_2d"][0] == 11_176_512 - 2 * 64 * 7 * 7
+    # the 2-D ResNet-18 matches torchvision's resnet18_postact trunk (11,176,512 for 3 input channels)
+    assert rows["resnet18_postact_2d"][0] == 11_176_512 - 2 * 64 * 7 * 7
 
 
-@pytest.mark.parametrize("name", ["resnet18_2d_stft", "resnet18v2_2d_stft"])
+@pytest.mark.parametrize("name", ["resnet18_postact_2d_stft", "resnet18_preact_2d_stft"])
 def test_stft_models_take_raw_ecg(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=4, width=0.125).eval()

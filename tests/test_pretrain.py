@@ -3,8 +3,10 @@ the model card fine-tuning reads, and DDP with torchrun (gloo, 2 processes) agai
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
 import os
 import signal
 import socket
@@ -45,14 +47,44 @@ def _cfg(store, out, *extra):
     return load_config(PretrainConfig, "cpu", "pretrain", TINY + [f"store={store}", f"out={out}", *extra])
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run with ``n`` intra-op threads (restored after): tensors compared across processes must be
+    computed with the same thread count, since reductions split by thread round differently."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def _distance(a: dict, b: dict) -> float:
+    """Global L2 norm of a - b over the parameters of ``b``, in float64."""
+    return math.sqrt(sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in b))
+
+
 @pytest.mark.parametrize("task", ["beat", "rhythm", "heart_rate"])
 def test_classification_tasks_train_end_to_end(store, tmp_path, task):
-    result = run_pretrain(_cfg(store, tmp_path, f"task={task}"), progress=False)
+    cfg = _cfg(store, tmp_path, f"task={task}")
+    result = run_pretrain(cfg, progress=False)
     assert result["rounds"] == 2
+    assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"]) for row in result["history"])
     row = result["history"][-1]
     assert {"val_loss", "val_accuracy", "val_macro_f1", "val_majority_accuracy"} <= set(row)
     card = json.loads((tmp_path / "model.json").read_text())
-    assert card["task"] == task and card["fs"] == 250 and card["architecture"] == "resnet18v2"
+    assert card["task"] == task and card["fs"] == 250 and card["architecture"] == cfg.model.name
+    # training moved the weights: the card's weights against the initial ones (same seed, same init)
+    init = _params(build_job(cfg).model)
+    trained = load_file(str(tmp_path / "backbone.safetensors"))
+    assert set(init) <= set(trained) and all(torch.isfinite(trained[k]).all() for k in init)
+    moved = _distance(trained, init) / _distance({k: torch.zeros_like(v) for k, v in init.items()}, init)
+    print(f"\n{task}: weights moved by {moved:.2e} of their norm")
+    assert moved > 1e-2, moved
     # the card is what fine-tuning starts from: a 4-class model loads its backbone
     model, _ = model_from_card(tmp_path / "model.json", num_classes=4)
     assert model.head.out_features == 4
@@ -76,8 +108,9 @@ def test_sigkilled_run_resumes_to_the_same_weights(store, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ecgtl", "pretrain", "--preset", "cpu", "--no-progress", "--store", str(store),
            "--out", str(out), *[a for s in TINY + extra for a in ("--set", s)]]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the same thread count as this process's runs: weights are compared bit for bit
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not (out / CHECKPOINT_FILE).is_file() and proc.poll() is None:
         time.sleep(0.01)
@@ -93,10 +126,55 @@ def test_sigkilled_run_resumes_to_the_same_weights(store, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def _two_rank_reference(cfg, out, loss_of):
+    """One process replaying the two ranks of a DDP run (1 thread, as each torchrun rank): each step
+    takes both ranks' batches of ``cfg.batch_size`` and ``loss_of(model, (x0, y0), (x1, y1))``
+    gives the loss to back-propagate. Returns (initial, trained) parameters."""
+    with _torch_threads(1):
+        job = build_job(cfg, rank=0, world_size=1)
+        init = _params(job.model)
+        shards = [job.sampler(rank=r, world_size=2) for r in (0, 1)]
+        assert not set(shards[0].patients_of_rank(0, 2, 0)) & set(shards[1].patients_of_rank(1, 2, 0))
+        steps = shards[0].batches_per_round(cfg.batch_size, 0)
+
+        def make_batches(r):
+            loaders = []
+            for s in shards:
+                s.set_round(r)
+                loaders.append(torch.utils.data.DataLoader(s, batch_size=cfg.batch_size, drop_last=True))
+            yield from zip(*loaders)
+
+        def step_fn(model, batch):
+            return loss_of(model, *batch), sum(len(y) for _, y in batch)
+
+        optimizer, scheduler = make_optimizer(job, steps)
+        Trainer(job.model, optimizer, step_fn, make_batches, make_evaluate(job), out, rounds=cfg.rounds,
+                monitor="val_loss", mode="min", scheduler=scheduler, seed=cfg.seed, progress=False).fit()
+        return init, _params(job.model)
+
+
+def _mean_of_rank_means(model, b0, b1):  # what DDP computes: each rank's mean loss, gradients averaged
+    return 0.5 * (F.cross_entropy(model(b0[0]), b0[1]) + F.cross_entropy(model(b1[0]), b1[1]))
+
+
+def _sum_of_rank_means(model, b0, b1):  # negative control: a DDP that summed the ranks' gradients
+    return F.cross_entropy(model(b0[0]), b0[1]) + F.cross_entropy(model(b1[0]), b1[1])
+
+
+def _one_batch_of_both(model, b0, b1):  # negative control: batch norm over one batch of 16, not two of 8
+    return F.cross_entropy(model(torch.cat([b0[0], b1[0]])), torch.cat([b0[1], b1[1]]))
+
+
+DDP_BOUND = 1e-3  # |w_ddp - w_ref| / |w_ref - w_init|: rounding only, with equal thread counts
+
+
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(store, tmp_path):
-    """torchrun --nproc_per_node 2 (gloo, CPU), 8 frames per rank, vs one process that sees both ranks'
-    batches as one global batch of 16, each half forwarded on its own (batch norm is per rank on CPU)."""
-    per_rank = ["batch_size=8", "rounds=2"]
+    """torchrun --nproc_per_node 2 (gloo, CPU, 1 thread per rank), 8 frames per rank, vs one process
+    (1 thread) that sees both ranks' batches as one global batch of 16, each half forwarded on its
+    own (batch norm is per rank on CPU). Plain SGD, whose step scales with the gradient: DDP must
+    average the ranks' gradients. The distance is measured against how far training moved the
+    weights, and the same criterion must reject a gradient sum and a single batch-norm batch."""
+    per_rank = ["batch_size=8", "rounds=2", "optim.name=sgd", "optim.momentum=0", "optim.lr=0.05"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
@@ -110,31 +188,19 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(store, t
     ddp = torch.load(tmp_path / "ddp" / CHECKPOINT_FILE, weights_only=True)["model"]
 
     cfg = _cfg(store, tmp_path / "single", *per_rank)
-    job = build_job(cfg, rank=0, world_size=1)
-    shards = [job.sampler(rank=r, world_size=2) for r in (0, 1)]
-    assert not set(shards[0].patients_of_rank(0, 2, 0)) & set(shards[1].patients_of_rank(1, 2, 0))
-    steps = shards[0].batches_per_round(cfg.batch_size, 0)
-
-    def make_batches(r):
-        loaders = []
-        for s in shards:
-            s.set_round(r)
-            loaders.append(torch.utils.data.DataLoader(s, batch_size=cfg.batch_size, drop_last=True))
-        yield from zip(*loaders)
-
-    def step_fn(model, batch):
-        (x0, y0), (x1, y1) = batch
-        loss = 0.5 * (F.cross_entropy(model(x0), y0) + F.cross_entropy(model(x1), y1))
-        return loss, len(y0) + len(y1)
-
-    optimizer, scheduler = make_optimizer(job, steps)
-    Trainer(job.model, optimizer, step_fn, make_batches, make_evaluate(job), tmp_path / "single", rounds=cfg.rounds,
-            monitor="val_loss", mode="min", scheduler=scheduler, seed=cfg.seed, progress=False).fit()
-    single = job.model.state_dict()
-    params = [k for k, _ in job.model.named_parameters()]
-    worst = max(float((ddp[k] - single[k]).abs().max() / (single[k].abs().max() + 1e-8)) for k in params)
-    print(f"\nDDP (2 ranks) vs one process: max relative parameter difference {worst:.2e}")
-    assert worst < 1e-3, worst
+    assert cfg.optim.name == "sgd"
+    ratios = {}
+    for name, loss_of in [("mean of rank means (DDP)", _mean_of_rank_means), ("sum of rank means", _sum_of_rank_means),
+                          ("one batch of 16", _one_batch_of_both)]:
+        init, ref = _two_rank_reference(cfg, tmp_path / name.split(" (")[0].replace(" ", "_"), loss_of)
+        moved = _distance(ref, init)
+        assert moved > 1e-2 * _distance({k: torch.zeros_like(v) for k, v in init.items()}, init), name  # it trained
+        ratios[name] = _distance(ddp, ref) / moved
+    print("\nDDP (2 ranks) vs one process, |w_ddp - w_ref| / |w_ref - w_init|: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in ratios.items()))
+    correct, *controls = ratios.values()
+    assert correct < DDP_BOUND, ratios
+    assert all(r > 10 * DDP_BOUND for r in controls), ratios  # the criterion tells these apart
 
 
 def test_pretraining_at_another_sampling_rate(store, tmp_path):

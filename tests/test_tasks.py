@@ -7,7 +7,6 @@ plain per-frame loops written here from the rules.
 
 from __future__ import annotations
 
-import time
 import zipfile
 from fractions import Fraction
 from pathlib import Path
@@ -40,13 +39,15 @@ from ecgtl.constants import (
 from ecgtl.constants import (
     BEAT_UNDEFINED as Q,
 )
+from ecgtl.errors import ConfigError
+from ecgtl.signal import detect_beats
 from ecgtl.tasks import (
-    CLASSIFICATION_TASKS,
+    PRETEXT_TASKS,
     beat,
     beat_counts,
     beat_label,
     complete_beat_range,
-    detect_beats,
+    get_task,
     heart_rate,
     heart_rate_bpm,
     heart_rate_label,
@@ -81,7 +82,13 @@ def test_class_tables():
     assert heart_rate.CLASS_NAMES == ("tachycardia", "bradycardia", "normal", "noise")
     assert (HR_TACHYCARDIA, HR_BRADYCARDIA, HR_NORMAL, HR_NOISE) == (0, 1, 2, 3)
     assert heart_rate.NUM_CLASSES == 4
-    assert set(CLASSIFICATION_TASKS) == {"beat", "rhythm", "heart_rate"}
+    assert set(PRETEXT_TASKS) == {"beat", "rhythm", "heart_rate", "future"}
+    assert {n for n, t in PRETEXT_TASKS.items() if t.is_classification} == {"beat", "rhythm", "heart_rate"}
+    assert get_task("heart_rate").class_names == heart_rate.CLASS_NAMES and get_task("future").num_classes == 0
+    # beat and rhythm need typed beats; detector beats (CinC records) carry heart rate and future prediction only
+    assert {n for n, t in PRETEXT_TASKS.items() if t.needs_annotated_beats} == {"beat", "rhythm"}
+    with pytest.raises(ConfigError, match="task must be one of beat, rhythm, heart_rate, future"):
+        get_task("qrs")
 
 
 # --------------------------------------------------------------------------- complete beats
@@ -438,24 +445,6 @@ def test_vectorised_with_segments_equals_per_segment_reference():
         assert got_b[i] == ref_beat(sp, sc, local, length)
         assert got_r[i] == ref_rhythm(sp, sr, local, length)
         assert got_h[i] == ref_heart_rate(sp, local, length, fs)
-
-
-def test_timing_100k_frames_300k_beats():
-    """A plain timing print (run with -s to see it); no assertion on the time."""
-    rng = np.random.default_rng(0)
-    pos = np.cumsum(rng.integers(150, 350, 300_000)).astype(np.int64)
-    cls = rng.integers(0, 5, len(pos)).astype(np.uint8)
-    rh = rng.integers(0, 6, len(pos)).astype(np.uint8)
-    starts = rng.integers(0, int(pos[-1]) - 2048, 100_000)
-    times = {}
-    for name, fn, args in [("beat", beat_label, (pos, cls, starts, 2048)),
-                           ("rhythm", rhythm_label, (pos, rh, starts, 2048, 250)),
-                           ("heart_rate", heart_rate_label, (pos, starts, 2048, 250))]:
-        t0 = time.perf_counter()
-        out = fn(*args)
-        times[name] = time.perf_counter() - t0
-        assert out.shape == (100_000,)
-    print("\n100k frames of 2048 samples on 300k beats: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()))
 
 
 # --------------------------------------------------------------------------- QRS detection

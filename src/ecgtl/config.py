@@ -19,17 +19,28 @@ import yaml
 
 from ecgtl.constants import PAPER_ADAM
 from ecgtl.errors import ConfigError
+from ecgtl.fileio import atomic_write
+from ecgtl.tasks.registry import PRETEXT_TASKS
 
 T = TypeVar("T")
 
 
 @dataclass
 class OptimConfig:
-    """Adam(W) as in the study (lr 1e-3, betas 0.9/0.98, eps 1e-9) plus an optional schedule."""
+    """The optimiser and its learning-rate schedule.
 
+    ``name="adamw"`` (the default): AdamW with the study's Adam settings (lr 1e-3, betas
+    0.9/0.98, eps 1e-9), decoupled ``weight_decay``. ``name="sgd"``: SGD with ``lr``,
+    ``momentum`` and ``weight_decay`` (an L2 term added to the gradient); its step scales with
+    the gradient, unlike Adam's. ``betas`` and ``eps`` are Adam's only (SGD ignores them);
+    ``momentum`` is SGD's only (AdamW ignores it). ``schedule`` and ``warmup_epochs`` apply to both.
+    """
+
+    name: str = "adamw"  # "adamw" or "sgd"
     lr: float = PAPER_ADAM["lr"]
-    betas: tuple[float, float] = PAPER_ADAM["betas"]
-    eps: float = PAPER_ADAM["eps"]
+    betas: tuple[float, float] = PAPER_ADAM["betas"]  # AdamW only
+    eps: float = PAPER_ADAM["eps"]  # AdamW only
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
     schedule: str = "constant"  # "constant" (the study) or "cosine" (with linear warm-up)
     warmup_epochs: float = 0.0
@@ -37,7 +48,7 @@ class OptimConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"  # the authors' post-activation ResNet-18 ("v2" in the paper); resnet18v2 = pre-activation
+    name: str = "resnet18_postact"  # a registered model (ecgtl.models.list_models()) or an older alias (resnet18, resnet18v2)
     width: float = 1.0  # channel multiplier (0.25 -> 16..128 channels)
     drop_rate: float = 0.0
 
@@ -81,6 +92,7 @@ class FinetuneConfig:
     def __post_init__(self):
         _choice("input", self.input, ("crop", "paper"))
         _choice("normalization", self.normalization, ("train", "paper"))
+        _choice("optim.name", self.optim.name, ("adamw", "sgd"))
         _choice("optim.schedule", self.optim.schedule, ("constant", "cosine"))
         if not 0 < self.label_fraction <= 1:
             raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
@@ -91,7 +103,7 @@ class PretrainConfig:
     """Pre-training on the prepared store (see ``ecgtl pretrain --help``)."""
 
     store: str = "data/store"
-    task: str = "beat"  # beat | rhythm | heart_rate | future
+    task: str = "beat"  # a name of ecgtl.tasks.PRETEXT_TASKS: beat | rhythm | heart_rate | future
     sources: list | None = None  # store sources to use, e.g. [icentia11k-wfdb, mitdb]; None = all
     patient_fraction: float = 1.0  # fraction of the training patients (data-size ablation)
     val_fraction: float = 0.05  # patients held out for validation
@@ -115,7 +127,8 @@ class PretrainConfig:
     out: str = "runs/pretrain"
 
     def __post_init__(self):
-        _choice("task", self.task, ("beat", "rhythm", "heart_rate", "future"))
+        _choice("task", self.task, tuple(PRETEXT_TASKS))
+        _choice("optim.name", self.optim.name, ("adamw", "sgd"))
         _choice("optim.schedule", self.optim.schedule, ("constant", "cosine"))
         if not 0 < self.patient_fraction <= 1:
             raise ConfigError(f"patient_fraction must be in (0, 1], got {self.patient_fraction}")
@@ -231,7 +244,7 @@ def _plain(obj):
     return obj
 
 
-def add_config_command(subparsers, name: str, cls: type, run, help: str, description: str,
+def add_config_command(subparsers, name: str, cls: type, run, description: str,
                        shortcuts: dict[str, dict]) -> None:
     """Register a command whose options are a preset, ``--set key=value`` overrides and a few shortcuts.
 
@@ -240,7 +253,7 @@ def add_config_command(subparsers, name: str, cls: type, run, help: str, descrip
     """
     import argparse
 
-    p = subparsers.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(name, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu", help="preset name (cpu, paper) or YAML path (default: cpu)")
     for field_name, kwargs in shortcuts.items():
         p.add_argument("--" + field_name.replace("_", "-"), dest=field_name, **kwargs)
@@ -260,18 +273,23 @@ RESUMABLE_CHANGES = {"epochs", "rounds", "checkpoint_every", "patience", "out", 
                      "eval_batch_size"}
 
 
-def save_or_check_config(cfg, path: str | os.PathLike) -> None:
+def save_or_check_config(cfg, path: str | os.PathLike, canonical=None) -> None:
     """Write the run's config, or, when resuming into a folder that has one, refuse a different run.
 
     Resuming a checkpoint under other settings would mix two experiments in one result; only
-    the fields of :data:`RESUMABLE_CHANGES` may differ (e.g. more epochs).
+    the fields of :data:`RESUMABLE_CHANGES` may differ (e.g. more epochs). Fields the saved
+    config lacks (added in a later version) count as their defaults; ``canonical(dict)`` may
+    rewrite both sides before the comparison (e.g. an older model name to its current one).
     """
     path = Path(path)
-    new = _plain(to_dict(cfg))
+    canonical = canonical or (lambda d: d)
+    new = canonical(_plain(to_dict(cfg)))
     if path.is_file() and any(path.parent.glob("checkpoint.pt")):
-        old = yaml.safe_load(path.read_text()) or {}
+        old = _plain(to_dict(type(cfg)()))
+        _merge(old, yaml.safe_load(path.read_text()) or {})
+        old = canonical(old)
         changed = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
         if changed:
             raise ConfigError(f"{path}: this run folder holds a run with other settings ({', '.join(changed)}); "
                               "use another --out, or delete the folder to start over")
-    path.write_text(yaml.safe_dump(new, sort_keys=False))
+    atomic_write(path, yaml.safe_dump(new, sort_keys=False))

@@ -159,8 +159,7 @@ def run_transfer(work: Path, runs: Path, preset: str, label_fractions, seeds, pr
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("pipeline", help="the main job: mirror -> download -> prepare -> CinC summary (resumable)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared-data", default=DEFAULT_SHARED, help="local PhysioNet copy (default: %(default)s)")
     p.add_argument("--work", default="data", help="working folder for mirror, raw files and store (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="processes/threads (default: %(default)s)")
@@ -169,7 +168,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seeds", default="0", help="fine-tuning seeds, e.g. 0,1,2 (default: %(default)s)")
     p.add_argument("--until", choices=("cinc", "compare"), default="compare", help="stop after this step")
     p.add_argument("--runs", default="runs/pipeline", help="output folder of the runs (default: %(default)s)")
-    p.add_argument("--model", help="architecture for pre-training and fine-tuning, e.g. resnet18v2_2d_stft (default: the preset's)")
+    p.add_argument("--model", help="architecture for pre-training and fine-tuning, e.g. resnet18_preact_2d_stft (default: the preset's)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=lambda a: 0 if run_pipeline(
         a.shared_data, a.work, a.workers, not a.no_progress, a.until, a.preset,

@@ -60,6 +60,7 @@ from ecgtl.constants import (
     RHYTHM_UNDEFINED,
 )
 from ecgtl.data.wfdb_io import RawAnnotations
+from ecgtl.errors import DataError
 
 # Every WFDB beat annotation code (wfdb's "is_qrs" set); anything else is not a beat.
 WFDB_BEAT_SYMBOLS = frozenset("N L R B A a J S V r F e j n E / f Q ?".split())
@@ -204,8 +205,6 @@ def torrent_labels_to_beats(entry: Mapping, path: str = "") -> BeatAnnotations:
     positions of the beats lying in rhythm c. A beat missing from every
     ``rtype`` array is *noise*, as outside the WFDB intervals.
     """
-    from ecgtl.errors import DataError
-
     try:
         btype, rtype = entry["btype"], entry["rtype"]
     except (KeyError, TypeError):

@@ -19,9 +19,14 @@ import numpy as np
 import scipy.io
 from tqdm.auto import tqdm
 
-from ecgtl.constants import CINC_CLASSES
+from ecgtl.constants import BEAT_UNDEFINED, CINC_CLASSES, RHYTHM_NOISE
+from ecgtl.data.annotations import BeatAnnotations
+from ecgtl.data.recording import Segment
+from ecgtl.data.splits import load_splits
+from ecgtl.data.transforms import resample
 from ecgtl.data.wfdb_io import check_signal, read_header
 from ecgtl.errors import DataError
+from ecgtl.signal.qrs import detect_beats
 
 LABEL_FILES = ("REFERENCE-v3.csv", "REFERENCE.csv")
 
@@ -163,7 +168,7 @@ class CincPretrainRecord:
     """A CinC 2017 record as unannotated pre-training data for signal-derived tasks (heart rate).
 
     The signal is resampled to ``target_fs`` (250 Hz, the store's rate) and kept as int16 at
-    the CinC gain (1000 adu/mV); beats come from a QRS detector (:func:`ecgtl.tasks.qrs.detect_beats`)
+    the CinC gain (1000 adu/mV); beats come from a QRS detector (:func:`ecgtl.signal.qrs.detect_beats`)
     and carry no type or rhythm (undefined / noise), so only the heart-rate and future
     tasks may use them. Only the *training* split's records belong in a store: pre-training on
     test records would leak them into the comparison.
@@ -178,12 +183,6 @@ class CincPretrainRecord:
         self.gain = 1000.0
 
     def segments(self):
-        from ecgtl.constants import BEAT_UNDEFINED, RHYTHM_NOISE
-        from ecgtl.data.annotations import BeatAnnotations
-        from ecgtl.data.recording import Segment
-        from ecgtl.data.transforms import resample
-        from ecgtl.tasks.qrs import detect_beats
-
         rec = read_record(self.folder, self.name)
         mv = resample(rec.signal, rec.fs, self.fs)
         digital = np.clip(np.rint(mv * self.gain), -32768, 32767).astype(np.int16)
@@ -199,7 +198,5 @@ def read_record_list(path: str | os.PathLike, split: str = "train") -> list[str]
     if not path.is_file():
         raise DataError(path, "record list not found")
     if path.suffix == ".json":
-        from ecgtl.data.splits import load_splits
-
         return list(load_splits(path)[split])
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]

@@ -56,8 +56,7 @@ def build_jobs(icentia: str | None = None, icentia_torrent: str | None = None, p
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("prepare", help="build the pre-training store (memory-mapped signals + beat arrays)",
-                              description=__doc__)
+    p = subparsers.add_parser("prepare", description=__doc__)
     p.add_argument("--out", default="data/store", help="store folder (default: data/store)")
     p.add_argument("--icentia", metavar="DIR", help="Icentia11k WFDB release folder (icentia11k-continuous-ecg/1.0)")
     p.add_argument("--icentia-torrent", metavar="DIR", help="folder with NNNNN_batched.pkl.gz + NNNNN_batched_lbls.pkl.gz")

@@ -71,7 +71,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ecgtl.data.store import SIGNAL_FILE, Store, StoredPatient, patient_folder
 from ecgtl.errors import DataError, EcgtlError
-from ecgtl.tasks import beat_label, heart_rate_label, rhythm_label
+from ecgtl.tasks.registry import PRETEXT_TASKS
 
 __all__ = [
     "TASKS",
@@ -82,9 +82,8 @@ __all__ = [
     "split_patients",
 ]
 
-#: Frame label tasks: the classification pretext tasks, and "none" (y = -1, e.g. future prediction).
-TASKS = ("beat", "rhythm", "heart_rate", "none")
-NO_LABEL = -1
+#: Frame label tasks: the names of :data:`ecgtl.tasks.PRETEXT_TASKS` (``future``: y = -1, no labels).
+TASKS = tuple(PRETEXT_TASKS)
 #: Shuffle buffer memory (int16 frames) when ``shuffle_buffer`` is not given.
 DEFAULT_BUFFER_BYTES = 128 * 2**20
 #: Frames are read and converted in blocks of about this many bytes of int16 samples.
@@ -214,14 +213,7 @@ def _draw_starts(offsets: np.ndarray, frame_samples: int, n: int, rng: np.random
 
 
 def _labels(patient: StoredPatient, task: str, starts: np.ndarray, frame_samples: int) -> np.ndarray:
-    if task == "beat":
-        return beat_label(patient.beat_sample, patient.beat_class, starts, frame_samples, segment_offsets=patient.segment_offsets)
-    if task == "rhythm":
-        return rhythm_label(patient.beat_sample, patient.rhythm, starts, frame_samples, patient.fs,
-                            segment_offsets=patient.segment_offsets)
-    if task == "heart_rate":
-        return heart_rate_label(patient.beat_sample, starts, frame_samples, patient.fs, segment_offsets=patient.segment_offsets)
-    return np.full(len(starts), NO_LABEL, np.int64)
+    return PRETEXT_TASKS[task].label_frames(patient, starts, frame_samples)
 
 
 def _gather(patient: StoredPatient, starts: np.ndarray, frame_samples: int) -> np.ndarray:
@@ -248,7 +240,7 @@ class FrameSampler(IterableDataset):
 
     Yields ``(x, y)``: ``x`` float32 tensor ``(1, frame_samples)``, normalised
     ``(mV - mean) / std``; ``y`` int64 0-d tensor, the frame's label for ``task``
-    (``"beat"``, ``"rhythm"``, ``"heart_rate"``) or -1 (``"none"``). With
+    (``"beat"``, ``"rhythm"``, ``"heart_rate"``) or -1 (``"future"``, a task without frame labels). With
     ``return_position=True`` also the index of the patient in :attr:`patient_ids`
     and the frame's start (samples from the patient's first sample), both int64.
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 import collections
 import json
 import os
-import tempfile
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ecgtl.errors import ConfigError
+from ecgtl.fileio import atomic_write
 
 __all__ = [
     "SPLIT_KEYS",
@@ -68,6 +67,8 @@ def _stratified_take(names: list[str], labels: list[Hashable], n_take: int, seed
         return names, labels, []
     if n_take >= len(names):
         raise ValueError(f"cannot take {n_take} of {len(names)} records and keep any")
+    from sklearn.model_selection import train_test_split  # loads in seconds: only making splits needs it
+
     try:
         kept, taken, kept_labels, _ = train_test_split(
             names, labels, test_size=n_take, stratify=labels, random_state=seed, shuffle=True
@@ -127,6 +128,8 @@ def kfold_splits(
     n_val = _n_of(val_fraction, len(names), "val_fraction")
     arr_names = np.array(names, dtype=object)
     arr_labels = np.array(labels, dtype=object)
+    from sklearn.model_selection import StratifiedKFold  # loads in seconds: only making splits needs it
+
     skf = StratifiedKFold(n_splits=int(k), shuffle=True, random_state=seed)
     # StratifiedKFold wants labels it can sort/compare: encode them as integers
     _, y = np.unique(np.array([str(lab) for lab in labels]), return_inverse=True)
@@ -195,19 +198,7 @@ def save_splits(path: str | os.PathLike, splits: Mapping[str, Sequence[str]], *,
     }
     text = json.dumps(doc, indent=1, sort_keys=False, default=str) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, text)
     return path
 
 

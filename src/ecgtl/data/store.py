@@ -43,19 +43,11 @@ from ecgtl import __version__
 from ecgtl.constants import BEAT_CLASSES, RHYTHM_CLASSES
 from ecgtl.data.recording import PatientReader
 from ecgtl.errors import DataError, EcgtlError
+from ecgtl.fileio import atomic_write
 
 STORE_FORMAT = "ecgtl-store"
 STORE_VERSION = 1
 SIGNAL_FILE, ANNOTATIONS_FILE, META_FILE, MANIFEST_FILE = "signal.int16", "annotations.npz", "meta.json", "manifest.json"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def patient_folder(root: str | os.PathLike, patient_id: str) -> Path:
@@ -115,7 +107,7 @@ def write_patient(root: str | os.PathLike, reader: PatientReader) -> dict:
             "prepare_seconds": round(time.perf_counter() - start_time, 3),
             "ecgtl_version": __version__,
         }
-        _atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1))
+        atomic_write(tmp / META_FILE, json.dumps(meta, indent=1))
         try:
             os.rename(tmp, final)  # atomic: the patient appears complete or not at all
         except OSError:
@@ -255,7 +247,7 @@ def write_manifest(root: str | os.PathLike, metas: Iterable[dict] | None = None,
             "rhythm_counts": dict(zip(RHYTHM_CLASSES, rhythm_total.tolist())),
         },
     }
-    _atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=1))
+    atomic_write(root / MANIFEST_FILE, json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -23,7 +23,7 @@ from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc2017 import Cinc2017, read_record
 from ecgtl.data.wfdb_io import check_dat_size, read_header
 from ecgtl.errors import ConfigError, DataError, EcgtlError
-from ecgtl.evaluate.inference import Classifier, check_recording, find_card
+from ecgtl.evaluate.inference import Classifier, check_recording, find_card, write_predictions
 from ecgtl.evaluate.metrics import classification_report, format_report
 
 
@@ -60,7 +60,6 @@ def run_evaluate(checkpoint: str, data: str, labels: str = "v3", out: str | None
     out_dir = Path(out) if out else find_card(checkpoint).parent / f"evaluate-{Path(data).name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    from ecgtl.train.finetune import write_predictions
 
     write_predictions(out_dir / "predictions.csv", [r.name for r in records], y, probs)
     print(format_report(report))
@@ -198,7 +197,7 @@ def run_export(checkpoint: str, out: str, verify_data: str | None = None, verify
 
 # --------------------------------------------------------------------------- CLI
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="score a model on a folder in the CinC 2017 layout")
+    p = subparsers.add_parser("evaluate")
     p.add_argument("--checkpoint", required=True, help="model card (model.json), its run folder, or best.safetensors")
     p.add_argument("--data", required=True, help="folder with RECORDS, REFERENCE*.csv and .mat/.hea")
     p.add_argument("--labels", default="v3", help="v3 (default), original, or a label file")
@@ -209,7 +208,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=lambda a: 0 if run_evaluate(a.checkpoint, a.data, a.labels, a.out, a.bootstrap, a.device,
                                                     not a.no_progress) else 1)
 
-    p = subparsers.add_parser("predict", help="classify recordings (WFDB, CinC .mat, CSV, NumPy)")
+    p = subparsers.add_parser("predict")
     p.add_argument("files", nargs="+", help="recordings: record.hea, record.mat (+ .hea), file.csv, file.npy")
     p.add_argument("--checkpoint", required=True, help="model card (model.json) or its run folder")
     p.add_argument("--fs", type=float, help="sampling rate, Hz (required for CSV and NumPy)")
@@ -219,7 +218,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=lambda a: run_predict(a.files, a.checkpoint, a.fs, a.lead, a.gain, a.json, a.device))
 
-    p = subparsers.add_parser("export", help="export a model to ONNX, checked with onnxruntime")
+    p = subparsers.add_parser("export")
     p.add_argument("--checkpoint", required=True, help="model card (model.json) or its run folder")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--verify-data", help="CinC-layout folder whose first records check the export (default: random input)")

@@ -8,6 +8,8 @@ the default) or runs the study's single padded input (``input: paper``).
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
 
@@ -18,8 +20,9 @@ from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc_dataset import CincPaperDataset, CincWindowDataset, aggregate_windows, prepare_cinc
 from ecgtl.data.transforms import Normalization
 from ecgtl.errors import ConfigError, DataError
+from ecgtl.fileio import atomic_write
 from ecgtl.models.card import model_from_card, read_card
-from ecgtl.train.engine import resolve_device
+from ecgtl.runtime import resolve_device
 
 MIN_SECONDS = 5.0  # shorter recordings are refused: a few beats cannot tell AF from other rhythms
 
@@ -135,3 +138,13 @@ def check_recording(signal: np.ndarray, fs: float, source: str) -> np.ndarray:
     if float(np.std(signal)) < 1e-6:
         raise DataError(source, "flat signal (no variation)")
     return signal
+
+
+def write_predictions(path: str | os.PathLike, names, labels, probs: np.ndarray) -> None:
+    """Per-record predictions as CSV (record, label or empty when ``label < 0``, prediction, one probability per class), atomically."""
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(["record", "label", "prediction", *[f"p_{c}" for c in CINC_CLASSES]])
+    for n, y, p in zip(names, labels, probs):
+        w.writerow([n, CINC_CLASSES[int(y)] if y >= 0 else "", CINC_CLASSES[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+    atomic_write(path, text.getvalue())

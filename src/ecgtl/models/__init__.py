@@ -1,8 +1,9 @@
-"""Models: 1-D ResNet-18/34/50 (post-activation as in the authors' code, and pre-activation v2),
-a 2-D ResNet-18 for spectrograms, and the registry/factory that builds them by name.
+"""Models: 1-D ResNet-18/34/50 (``*_postact``: post-activation as in the authors' code;
+``*_preact``: pre-activation, the paper's "v2"), a 2-D ResNet-18 for spectrograms, the
+future-prediction model, and the registry/factory that builds them by name.
 
     >>> from ecgtl.models import create_model, list_models
-    >>> model = create_model("resnet18", num_classes=4)      # CinC 2017: N, A, O, ~
+    >>> model = create_model("resnet18_postact", num_classes=4)      # CinC 2017: N, A, O, ~
     >>> model.num_features
     512
 """
@@ -15,6 +16,7 @@ from ecgtl.models.registry import (
     is_model,
     list_models,
     register_model,
+    resolve_name,
 )
 from ecgtl.models.resnet1d import ResNet, scale_channels  # registers the 1-D models
 
@@ -26,5 +28,6 @@ __all__ = [
     "is_model",
     "list_models",
     "register_model",
+    "resolve_name",
     "scale_channels",
 ]

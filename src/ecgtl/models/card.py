@@ -15,9 +15,11 @@ import subprocess
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
+from ecgtl import __version__
 from ecgtl.errors import DataError
+from ecgtl.fileio import atomic_write
 from ecgtl.models.registry import HEAD_PREFIX, create_model
 
 CARD_VERSION = 1
@@ -36,8 +38,6 @@ def write_card(path: str | os.PathLike, weights: str | os.PathLike, **fields) ->
     """Write a card JSON next to (or pointing at) ``weights``; returns the card."""
     path = Path(path)
     weights = Path(weights)
-    from ecgtl import __version__
-
     card = {"card_version": CARD_VERSION,
             "weights": os.path.relpath(weights, path.parent),
             "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
@@ -46,9 +46,7 @@ def write_card(path: str | os.PathLike, weights: str | os.PathLike, **fields) ->
     for key in ("architecture", "width", "fs", "normalization"):
         if key not in card:
             raise ValueError(f"model card needs {key!r}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(card, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(card, indent=1))
     return card
 
 
@@ -66,6 +64,12 @@ def read_card(path: str | os.PathLike) -> dict:
     card["_weights_path"] = str((path.parent / card["weights"]).resolve())
     card["_card_path"] = str(path.resolve())
     return card
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors to a ``.safetensors`` file atomically (no pickle); ``metadata``: strings only."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return atomic_write(path, save(tensors, metadata=metadata))
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

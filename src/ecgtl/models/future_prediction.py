@@ -18,7 +18,7 @@ can be passed to :meth:`FuturePrediction.forward` (``negatives=``) and are appen
 further columns.
 
     >>> from ecgtl.models import create_model
-    >>> task = FuturePrediction(create_model("resnet18", width=0.25))   # D = 128
+    >>> task = FuturePrediction(create_model("resnet18_postact", width=0.25))   # D = 128
     >>> x = torch.randn(4, 1, 9 * 2048)                                  # 8 context frames + next
     >>> task(x).shape
     torch.Size([4, 4])

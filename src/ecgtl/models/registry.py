@@ -5,9 +5,9 @@ models by name with :func:`create_model` and discover them with :func:`list_mode
 
     from ecgtl.models import create_model, backbone_state_dict
 
-    pretext = create_model("resnet18", num_classes=5)           # beat pretext task
+    pretext = create_model("resnet18_postact", num_classes=5)   # beat pretext task
     ...                                                          # pre-train
-    target = create_model("resnet18", num_classes=4)            # CinC 2017 classes
+    target = create_model("resnet18_postact", num_classes=4)    # CinC 2017 classes
     target.load_state_dict(backbone_state_dict(pretext), strict=False)
 
 Every registered model follows one interface:
@@ -39,38 +39,64 @@ __all__ = [
     "is_model",
     "list_models",
     "register_model",
+    "resolve_name",
+    "with_current_model_name",
 ]
 
 #: State-dict prefix of the classification head; everything else is the backbone.
 HEAD_PREFIX = "head."
 
 _MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+#: Older names -> registered names (model cards and presets written before a rename keep working).
+_ALIASES: dict[str, str] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a model constructor under its function name (decorator).
+def register_model(fn: Callable[..., nn.Module] | None = None, *, aliases: tuple[str, ...] = ()):
+    """Register a model constructor under its function name (decorator), plus optional ``aliases``.
 
     The constructor must accept ``num_classes``, ``in_chans`` and ``width`` as keyword
-    arguments and return a model with the interface described in this module.
+    arguments and return a model with the interface described in this module. Use it bare
+    (``@register_model``) or with aliases (``@register_model(aliases=("resnet18",))``).
     """
-    name = fn.__name__
-    if name in _MODEL_ENTRYPOINTS:
-        raise ValueError(f"model {name!r} is already registered")
-    _MODEL_ENTRYPOINTS[name] = fn
-    return fn
+    def register(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        for name in (f.__name__, *aliases):
+            if name in _MODEL_ENTRYPOINTS or name in _ALIASES:
+                raise ValueError(f"model {name!r} is already registered")
+        _MODEL_ENTRYPOINTS[f.__name__] = f
+        _ALIASES.update({a: f.__name__ for a in aliases})
+        return f
+
+    return register if fn is None else register(fn)
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Names of the registered models, sorted; ``pattern`` is a shell-style filter (``"resnet*v2"``)."""
-    names = sorted(_MODEL_ENTRYPOINTS)
+def resolve_name(name: str) -> str:
+    """The registered name of ``name`` (itself, or what an alias points to); :class:`ConfigError` if unknown."""
+    name = _ALIASES.get(name, name)
+    if name not in _MODEL_ENTRYPOINTS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())} "
+                          f"(older names: {', '.join(sorted(_ALIASES))})")
+    return name
+
+
+def with_current_model_name(config: dict) -> dict:
+    """A config dict (``{"model": {"name": ...}}``) with the model named by its registered name, not an alias."""
+    name = config.get("model", {}).get("name")
+    if name is None or not is_model(name):
+        return config
+    return {**config, "model": {**config["model"], "name": resolve_name(name)}}
+
+
+def list_models(pattern: str | None = None, aliases: bool = False) -> list[str]:
+    """Registered names, sorted (with ``aliases``: older names too); ``pattern`` is a shell-style filter (``"*preact*"``)."""
+    names = sorted([*_MODEL_ENTRYPOINTS, *(_ALIASES if aliases else ())])
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return names
 
 
 def is_model(name: str) -> bool:
-    """Whether ``name`` is a registered model."""
-    return name in _MODEL_ENTRYPOINTS
+    """Whether ``name`` is a registered model or an alias of one."""
+    return name in _MODEL_ENTRYPOINTS or name in _ALIASES
 
 
 def create_model(
@@ -83,8 +109,10 @@ def create_model(
     """Build a registered model by name, with freshly initialised weights.
 
     Args:
-        name: a name from :func:`list_models`, e.g. ``"resnet18"`` (the authors' blocks)
-            or ``"resnet18v2"`` (pre-activation).
+        name: a name from :func:`list_models`, e.g. ``"resnet18_postact"`` (the authors'
+            post-activation blocks) or ``"resnet18_preact"`` (pre-activation), or an older
+            alias (``"resnet18"``, ``"resnet18v2"``). The model's ``model_name`` is the
+            registered name.
         num_classes: outputs of the linear head; ``0`` gives an identity head, i.e. a
             backbone whose ``forward`` returns the ``(B, num_features)`` feature vector.
         in_chans: input channels (ECG leads for 1-D models; spectrogram channels for 2-D).
@@ -94,8 +122,7 @@ def create_model(
     Raises:
         ConfigError: unknown model name or invalid ``num_classes``/``in_chans``/``width``.
     """
-    if name not in _MODEL_ENTRYPOINTS:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    name = resolve_name(name)
     if int(num_classes) != num_classes or num_classes < 0:
         raise ConfigError(f"num_classes must be an integer >= 0, got {num_classes!r}")
     if int(in_chans) != in_chans or in_chans < 1:

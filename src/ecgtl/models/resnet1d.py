@@ -18,13 +18,14 @@ Blocks: basic (two k-convs) 2-2-2-2 for ResNet-18, 3-4-6-3 for ResNet-34; bottle
 (1x1, k-conv with the stride, 1x1 with expansion 4) 3-4-6-3 for ResNet-50. Padding ``k // 2``
 ("same" for odd k), no conv bias anywhere, 1x1 projection shortcut where the shape changes.
 
-Two block styles are registered (``preact`` decides):
+Two block styles are registered (``preact`` decides), named for what they are; the older
+names stay as aliases (``resnet18`` = ``resnet18_postact``, ``resnet18v2`` = ``resnet18_preact``):
 
-* ``resnet18`` / ``resnet34`` / ``resnet50`` -- **post-activation** blocks (conv-BN-ReLU,
+* ``resnet18_postact`` / ``resnet34_postact`` / ``resnet50_postact`` -- **post-activation** blocks (conv-BN-ReLU,
   conv-BN, add, ReLU; projection shortcut = 1x1 conv + BN), exactly the blocks of the
   authors' TensorFlow code (``transplant/modules/resnet1d.py``), which produced the paper's
   "ResNet-18v2" results. Use these to reproduce the study.
-* ``resnet18v2`` / ``resnet34v2`` / ``resnet50v2`` -- **pre-activation** blocks (He et al.
+* ``resnet18_preact`` / ``resnet34_preact`` / ``resnet50_preact`` -- **pre-activation** blocks (He et al.
   2016, "Identity mappings in deep residual networks"; BN-ReLU-conv, projection shortcut =
   1x1 conv on the pre-activated input, no BN), a bare conv stem, and a final BN + ReLU after
   the last stage, as the paper's name "v2" says.
@@ -49,12 +50,12 @@ __all__ = [
     "PreActBasicBlock",
     "PreActBottleneck",
     "ResNet",
-    "resnet18",
-    "resnet18v2",
-    "resnet34",
-    "resnet34v2",
-    "resnet50",
-    "resnet50v2",
+    "resnet18_postact",
+    "resnet18_preact",
+    "resnet34_postact",
+    "resnet34_preact",
+    "resnet50_postact",
+    "resnet50_preact",
     "scale_channels",
 ]
 
@@ -388,37 +389,37 @@ def _resnet1d(layers: Sequence[int], block: str, preact: bool, **kwargs) -> ResN
     return ResNet(layers, block=block, preact=preact, spatial_dims=1, **kwargs)
 
 
-@register_model
-def resnet18(**kwargs) -> ResNet:
+@register_model(aliases=("resnet18",))
+def resnet18_postact(**kwargs) -> ResNet:
     """1-D ResNet-18, post-activation blocks of the authors' code (the paper's "ResNet-18v2" runs)."""
     return _resnet1d((2, 2, 2, 2), "basic", preact=False, **kwargs)
 
 
-@register_model
-def resnet34(**kwargs) -> ResNet:
+@register_model(aliases=("resnet34",))
+def resnet34_postact(**kwargs) -> ResNet:
     """1-D ResNet-34, post-activation blocks of the authors' code."""
     return _resnet1d((3, 4, 6, 3), "basic", preact=False, **kwargs)
 
 
-@register_model
-def resnet50(**kwargs) -> ResNet:
+@register_model(aliases=("resnet50",))
+def resnet50_postact(**kwargs) -> ResNet:
     """1-D ResNet-50 (bottleneck x4), post-activation blocks of the authors' code."""
     return _resnet1d((3, 4, 6, 3), "bottleneck", preact=False, **kwargs)
 
 
-@register_model
-def resnet18v2(**kwargs) -> ResNet:
+@register_model(aliases=("resnet18v2",))
+def resnet18_preact(**kwargs) -> ResNet:
     """1-D ResNet-18v2, pre-activation blocks (He et al. 2016) with a final BN + ReLU."""
     return _resnet1d((2, 2, 2, 2), "basic", preact=True, **kwargs)
 
 
-@register_model
-def resnet34v2(**kwargs) -> ResNet:
+@register_model(aliases=("resnet34v2",))
+def resnet34_preact(**kwargs) -> ResNet:
     """1-D ResNet-34v2, pre-activation blocks with a final BN + ReLU."""
     return _resnet1d((3, 4, 6, 3), "basic", preact=True, **kwargs)
 
 
-@register_model
-def resnet50v2(**kwargs) -> ResNet:
+@register_model(aliases=("resnet50v2",))
+def resnet50_preact(**kwargs) -> ResNet:
     """1-D ResNet-50v2 (bottleneck x4), pre-activation blocks with a final BN + ReLU."""
     return _resnet1d((3, 4, 6, 3), "bottleneck", preact=True, **kwargs)

@@ -20,7 +20,7 @@ from torch import nn
 from ecgtl.models.registry import register_model
 from ecgtl.models.resnet1d import ResNet
 
-__all__ = ["LogSpectrogram", "resnet18_2d", "resnet18_2d_stft", "resnet18v2_2d", "resnet18v2_2d_stft"]
+__all__ = ["LogSpectrogram", "resnet18_postact_2d", "resnet18_postact_2d_stft", "resnet18_preact_2d", "resnet18_preact_2d_stft"]
 
 # STFT of the spectrogram models, in samples of the model's input rate: at 125 Hz a 64-sample
 # Hann window is 0.51 s (1.95 Hz bins up to 62.5 Hz) and the hop of 8 samples 64 ms.
@@ -48,29 +48,29 @@ class LogSpectrogram(nn.Module):
 _KERNEL_SIZES_2D = (3, 3, 3, 3)
 
 
-@register_model
-def resnet18_2d(**kwargs) -> ResNet:
+@register_model(aliases=("resnet18_2d",))
+def resnet18_postact_2d(**kwargs) -> ResNet:
     """2-D ResNet-18 (torchvision-like post-activation basic blocks) for spectrograms ``(B, C, F, T)``."""
     kwargs.setdefault("kernel_sizes", _KERNEL_SIZES_2D)
     return ResNet((2, 2, 2, 2), block="basic", preact=False, spatial_dims=2, **kwargs)
 
 
-@register_model
-def resnet18v2_2d(**kwargs) -> ResNet:
+@register_model(aliases=("resnet18v2_2d",))
+def resnet18_preact_2d(**kwargs) -> ResNet:
     """2-D ResNet-18v2 (pre-activation basic blocks, final BN + ReLU) for spectrograms ``(B, C, F, T)``."""
     kwargs.setdefault("kernel_sizes", _KERNEL_SIZES_2D)
     return ResNet((2, 2, 2, 2), block="basic", preact=True, spatial_dims=2, **kwargs)
 
 
-@register_model
-def resnet18_2d_stft(**kwargs) -> ResNet:
-    """:func:`resnet18_2d` on a log-magnitude STFT computed from raw ECG ``(B, 1, T)`` (the 2024 extension)."""
+@register_model(aliases=("resnet18_2d_stft",))
+def resnet18_postact_2d_stft(**kwargs) -> ResNet:
+    """:func:`resnet18_postact_2d` on a log-magnitude STFT computed from raw ECG ``(B, 1, T)`` (the 2024 extension)."""
     kwargs.setdefault("kernel_sizes", _KERNEL_SIZES_2D)
     return ResNet((2, 2, 2, 2), block="basic", preact=False, spatial_dims=2, input_transform=LogSpectrogram(), **kwargs)
 
 
-@register_model
-def resnet18v2_2d_stft(**kwargs) -> ResNet:
-    """:func:`resnet18v2_2d` on a log-magnitude STFT computed from raw ECG ``(B, 1, T)``."""
+@register_model(aliases=("resnet18v2_2d_stft",))
+def resnet18_preact_2d_stft(**kwargs) -> ResNet:
+    """:func:`resnet18_preact_2d` on a log-magnitude STFT computed from raw ECG ``(B, 1, T)``."""
     kwargs.setdefault("kernel_sizes", _KERNEL_SIZES_2D)
     return ResNet((2, 2, 2, 2), block="basic", preact=True, spatial_dims=2, input_transform=LogSpectrogram(), **kwargs)

@@ -1,7 +1,7 @@
-"""Label rules of the classification pretext tasks, vectorised over many frames.
+"""Pretext tasks: their label rules, vectorised over many frames, and the one task registry.
 
-Each task module exposes ``NUM_CLASSES``, ``CLASS_NAMES`` and a label function
-taking sorted beat positions (samples), frame starts (samples, any shape) and
+Each classification task module exposes ``NUM_CLASSES``, ``CLASS_NAMES`` and a label
+function taking sorted beat positions (samples), frame starts (samples, any shape) and
 one frame length (samples), returning one int64 label per frame:
 
 * :func:`beat_label` ``(beat_sample, beat_class, frame_start, frame_length)``
@@ -11,33 +11,31 @@ one frame length (samples), returning one int64 label per frame:
 They follow the authors' ``transplant/datasets/icentia11k.py``
 (github.com/kweimann/ecg-transfer-learning); each module's docstring states its
 rule. All accept ``segment_offsets=`` to keep every frame to its own segment's
-beats. :func:`detect_beats` (``qrs``) finds beats in unannotated ECG.
+beats.
+
+:data:`PRETEXT_TASKS` (:mod:`ecgtl.tasks.registry`) is the one list of tasks that the
+config, the frame sampler and ``ecgtl pretrain`` read. The tasks are plain functions of
+arrays: they import nothing from the data layer, the models or training.
 """
 
-from ecgtl.tasks import beat, heart_rate, qrs, rhythm
+from ecgtl.tasks import beat, heart_rate, rhythm
 from ecgtl.tasks.beat import beat_counts, beat_label, complete_beat_range
 from ecgtl.tasks.heart_rate import heart_rate_bpm, heart_rate_label
-from ecgtl.tasks.qrs import detect_beats
+from ecgtl.tasks.registry import PRETEXT_TASKS, BeatTrack, PretextTask, get_task
 from ecgtl.tasks.rhythm import rhythm_durations, rhythm_label
 
-#: task name -> (module with NUM_CLASSES / CLASS_NAMES, label function)
-CLASSIFICATION_TASKS = {
-    "beat": (beat, beat_label),
-    "rhythm": (rhythm, rhythm_label),
-    "heart_rate": (heart_rate, heart_rate_label),
-}
-
 __all__ = [
-    "CLASSIFICATION_TASKS",
+    "PRETEXT_TASKS",
+    "BeatTrack",
+    "PretextTask",
     "beat",
     "beat_counts",
     "beat_label",
     "complete_beat_range",
-    "detect_beats",
+    "get_task",
     "heart_rate",
     "heart_rate_bpm",
     "heart_rate_label",
-    "qrs",
     "rhythm",
     "rhythm_durations",
     "rhythm_label",

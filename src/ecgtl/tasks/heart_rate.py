@@ -40,7 +40,7 @@ Rule (authors' ``heart_rate_data_generator`` -> ``get_complete_beats`` -> ``get_
 For the authors' centred label frame (``label_frame_size`` around the frame
 centre) pass that frame's start and length instead of the input frame's.
 Without beat annotations (CinC 2017), detect the beats first with
-:func:`ecgtl.tasks.qrs.detect_beats`.
+:func:`ecgtl.signal.qrs.detect_beats`.
 """
 
 from __future__ import annotations

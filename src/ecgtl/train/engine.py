@@ -32,16 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ecgtl.errors import ConfigError
+from ecgtl.fileio import atomic_write
+from ecgtl.models.card import save_weights
+from ecgtl.runtime import unwrap
+
 CHECKPOINT_FILE, BEST_FILE, METRICS_FILE = "checkpoint.pt", "best.safetensors", "metrics.csv"
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -56,18 +54,23 @@ def round_seed(seed: int, round_index: int) -> int:
 
 
 def build_optimizer(parameters, optim, steps_per_round: int, rounds: int):
-    """AdamW with the study's Adam settings (``optim``: an :class:`ecgtl.config.OptimConfig`) and its schedule.
+    """The optimiser of ``optim`` (an :class:`ecgtl.config.OptimConfig`) and its schedule.
 
-    ``constant`` keeps the rate (the study); ``cosine`` warms up linearly for
+    ``optim.name``: ``adamw`` (the study's Adam settings: ``lr``, ``betas``, ``eps``, decoupled
+    ``weight_decay``) or ``sgd`` (``lr``, ``momentum``, ``weight_decay``; its step scales with
+    the gradient). ``constant`` keeps the rate (the study); ``cosine`` warms up linearly for
     ``warmup_epochs`` rounds, then decays to 0 over the remaining steps. The scheduler
     steps once per optimiser step.
     """
-    opt = torch.optim.AdamW(parameters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+    if optim.name == "adamw":
+        opt = torch.optim.AdamW(parameters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+    elif optim.name == "sgd":
+        opt = torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    else:
+        raise ConfigError(f"optim.name must be 'adamw' or 'sgd', got {optim.name!r}")
     if optim.schedule == "constant":
         return opt, None
     if optim.schedule != "cosine":
-        from ecgtl.errors import ConfigError
-
         raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {optim.schedule!r}")
     total, warm = max(1, steps_per_round * rounds), int(optim.warmup_epochs * steps_per_round)
 
@@ -96,24 +99,7 @@ class TrainState:
 def _atomic_torch_save(obj, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module behind DDP / torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+    atomic_write(path, buf.getvalue())
 
 
 class Trainer:
@@ -181,12 +167,11 @@ class Trainer:
         if not self.state.history:
             return
         keys = list(dict.fromkeys(k for row in self.state.history for k in row))
-        tmp = self.out / f".{METRICS_FILE}.tmp"
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.state.history)
-        os.replace(tmp, self.out / METRICS_FILE)
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.state.history)
+        atomic_write(self.out / METRICS_FILE, text.getvalue())
 
     def _tensorboard(self, row: dict) -> None:
         if self._tb is None:
@@ -225,8 +210,6 @@ class Trainer:
             flags = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(flags, found)
             if len(set(flags)) > 1:
-                from ecgtl.errors import ConfigError
-
                 raise ConfigError(f"{self.out / CHECKPOINT_FILE}: present on some ranks only ({flags}); "
                                   "the run folder must be on a file system all nodes share")
 
@@ -238,78 +221,95 @@ class Trainer:
         return v > self.state.best_metric
 
     def fit(self, resume: bool = True) -> TrainState:
+        """Train the remaining rounds (all of them, or those after the checkpoint in ``out_dir``); returns the state."""
         self.out.mkdir(parents=True, exist_ok=True)
-        found = resume and (self.out / CHECKPOINT_FILE).is_file()
-        self._check_resume_agrees(found)
-        if found and self.resume() and self.is_main:
-            print(f"resumed from {self.out / CHECKPOINT_FILE} after round {self.state.round} (step {self.state.step}"
-                  + (f", {self.state.round_batches} batches into round {self.state.round + 1})" if self.state.round_batches else ")"))
+        self._resume_if_checkpointed(resume)
         while self.state.round < self.rounds and not self.state.stopped_early:
             r = self.state.round
             seed_everything(round_seed(self.seed, r))
             if self.on_round_start is not None:
                 self.on_round_start(unwrap(self.model), r)
-            self.model.train()
             t0 = time.perf_counter()
-            skip = self.state.round_batches  # resuming inside this round: replay the data, not the steps
-            total, count = torch.full((), self.state.round_loss_sum, device=self.device), self.state.round_items
-            batches = iter(self.make_batches(r))  # a DataLoader draws its base seed here, before the restore
-            if skip and self._rng is not None:
-                torch.set_rng_state(self._rng["rng_cpu"])
-                if "rng_cuda" in self._rng:
-                    torch.cuda.set_rng_state(self._rng["rng_cuda"], self.device)
-            self._rng = None
-            bar = tqdm(itertools.islice(batches, skip, None), total=self.steps_per_round,
-                       initial=skip, desc=f"round {r + 1}/{self.rounds}",
-                       unit="batch", leave=False, disable=not (self.progress and self.is_main))
-            for batch in bar:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    loss, n = self.step_fn(self.model, batch)
-                if not torch.isfinite(loss):  # never let NaN weights reach a checkpoint
-                    raise FloatingPointError(f"{self.out}: non-finite loss {float(loss)} in round {r + 1}, step {self.state.step + 1}")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                self.state.step += 1
-                total += loss.detach() * n
-                count += n
-                if self.progress and self.is_main and self.state.step % 20 == 0:  # reading the loss syncs a GPU
-                    bar.set_postfix(loss=f"{float(total) / max(count, 1):.4f}")
-                self.state.round_batches += 1
-                if self.checkpoint_every and self.state.step % self.checkpoint_every == 0 and self.is_main:
-                    self.state.round_loss_sum, self.state.round_items = float(total), count
-                    _atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT_FILE)
-            bar.close()
-            self.state.round_batches, self.state.round_loss_sum, self.state.round_items = 0, 0.0, 0
-            total = float(total)
+            loss_sum, items = self._train_round(r)
             train_seconds = time.perf_counter() - t0
-            metrics = self._evaluate(r)
-            row = {"round": r + 1, "step": self.state.step, "train_loss": total / max(count, 1),
-                   "train_items_per_s": count / max(train_seconds, 1e-9), "train_seconds": round(train_seconds, 2),
-                   "lr": self.optimizer.param_groups[0]["lr"], **metrics}
-            self.state.round = r + 1
-            self.state.history.append(row)
-            value = metrics.get(self.monitor)
-            if self._improved(value):
-                self.state.best_metric = value if self.mode == "max" else -value
-                self.state.best_round = r + 1
-                self.state.stale_rounds = 0
-                if self.is_main:
-                    _atomic_safetensors(unwrap(self.model).state_dict(), self.out / BEST_FILE,
-                                        {**self.best_metadata, "round": str(r + 1), self.monitor: str(value)})
-            else:
-                self.state.stale_rounds += 1
-            if self.patience is not None and self.state.stale_rounds >= self.patience:
-                self.state.stopped_early = True
-            if self.is_main:
-                _atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT_FILE)
-                self._write_metrics()
-                self._tensorboard(row)
-                shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                                  if k not in ("round", "lr", "train_seconds"))
-                tqdm.write(f"round {r + 1}/{self.rounds}: {shown} ({train_seconds:.0f} s)")
+            row = {"round": r + 1, "step": self.state.step, "train_loss": loss_sum / max(items, 1),
+                   "train_items_per_s": items / max(train_seconds, 1e-9), "train_seconds": round(train_seconds, 2),
+                   "lr": self.optimizer.param_groups[0]["lr"], **self._evaluate(r)}
+            self._end_round(row)
         if self._tb:
             self._tb.close()
         return self.state
+
+    def _resume_if_checkpointed(self, resume: bool) -> None:
+        found = resume and (self.out / CHECKPOINT_FILE).is_file()
+        self._check_resume_agrees(found)
+        if found and self.resume() and self.is_main:
+            print(f"resumed from {self.out / CHECKPOINT_FILE} after round {self.state.round} (step {self.state.step}"
+                  + (f", {self.state.round_batches} batches into round {self.state.round + 1})" if self.state.round_batches else ")"))
+
+    def _train_round(self, r: int) -> tuple[float, int]:
+        """The optimiser steps of round ``r`` (from a mid-round checkpoint on, if resuming there); returns (loss sum, items)."""
+        self.model.train()
+        skip = self.state.round_batches  # resuming inside this round: replay the data, not the steps
+        total, count = torch.full((), self.state.round_loss_sum, device=self.device), self.state.round_items
+        batches = iter(self.make_batches(r))  # a DataLoader draws its base seed here, before the restore
+        if skip and self._rng is not None:
+            torch.set_rng_state(self._rng["rng_cpu"])
+            if "rng_cuda" in self._rng:
+                torch.cuda.set_rng_state(self._rng["rng_cuda"], self.device)
+        self._rng = None
+        bar = tqdm(itertools.islice(batches, skip, None), total=self.steps_per_round,
+                   initial=skip, desc=f"round {r + 1}/{self.rounds}",
+                   unit="batch", leave=False, disable=not (self.progress and self.is_main))
+        for batch in bar:
+            loss, n = self._step(batch, r)
+            total += loss.detach() * n
+            count += n
+            if self.progress and self.is_main and self.state.step % 20 == 0:  # reading the loss syncs a GPU
+                bar.set_postfix(loss=f"{float(total) / max(count, 1):.4f}")
+            self.state.round_batches += 1
+            if self.checkpoint_every and self.state.step % self.checkpoint_every == 0 and self.is_main:
+                self.state.round_loss_sum, self.state.round_items = float(total), count
+                _atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT_FILE)
+        bar.close()
+        self.state.round_batches, self.state.round_loss_sum, self.state.round_items = 0, 0.0, 0
+        return float(total), count
+
+    def _step(self, batch, r: int) -> tuple[torch.Tensor, int]:
+        """One optimiser step on ``batch``; refuses a non-finite loss before it reaches the weights."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss, n = self.step_fn(self.model, batch)
+        if not torch.isfinite(loss):  # never let NaN weights reach a checkpoint
+            raise FloatingPointError(f"{self.out}: non-finite loss {float(loss)} in round {r + 1}, step {self.state.step + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.state.step += 1
+        return loss, n
+
+    def _end_round(self, row: dict) -> None:
+        """Book-keeping after a round's evaluation: best weights, early stopping, checkpoint, logs."""
+        r = row["round"] - 1
+        self.state.round = r + 1
+        self.state.history.append(row)
+        value = row.get(self.monitor)
+        if self._improved(value):
+            self.state.best_metric = value if self.mode == "max" else -value
+            self.state.best_round = r + 1
+            self.state.stale_rounds = 0
+            if self.is_main:
+                save_weights(unwrap(self.model).state_dict(), self.out / BEST_FILE,
+                             {**self.best_metadata, "round": str(r + 1), self.monitor: str(value)})
+        else:
+            self.state.stale_rounds += 1
+        if self.patience is not None and self.state.stale_rounds >= self.patience:
+            self.state.stopped_early = True
+        if self.is_main:
+            _atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT_FILE)
+            self._write_metrics()
+            self._tensorboard(row)
+            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                              if k not in ("round", "lr", "train_seconds"))
+            tqdm.write(f"round {r + 1}/{self.rounds}: {shown} ({row['train_seconds']:.0f} s)")

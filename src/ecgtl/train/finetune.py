@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,14 @@ from ecgtl.data.cinc_dataset import CincCropDataset, CincPaperDataset, prepare_c
 from ecgtl.data.splits import kfold_splits, load_splits, make_splits, save_splits, subset_labels
 from ecgtl.data.transforms import PAPER_CINC, Normalization
 from ecgtl.errors import ConfigError
-from ecgtl.evaluate.inference import inference_dataset, predict_dataset
+from ecgtl.evaluate.inference import inference_dataset, predict_dataset, write_predictions
 from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_class, format_report, macro_f1
+from ecgtl.fileio import atomic_write
 from ecgtl.models import create_model
 from ecgtl.models.card import model_from_card, write_card
-from ecgtl.models.registry import HEAD_PREFIX
-from ecgtl.train.engine import BEST_FILE, Trainer, build_optimizer, resolve_device, round_seed
+from ecgtl.models.registry import HEAD_PREFIX, resolve_name, with_current_model_name
+from ecgtl.runtime import resolve_device, unwrap
+from ecgtl.train.engine import BEST_FILE, Trainer, build_optimizer, round_seed
 
 NUM_CLASSES = len(CINC_CLASSES)
 
@@ -44,21 +47,33 @@ def _eval_dataset(cfg: FinetuneConfig, signals):
                              cfg.paper_samples)
 
 
-def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_or_check_config(cfg, out / "config.yaml")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+@dataclass
+class FinetuneData:
+    """The records of one fine-tuning run, preprocessed: per split, signals (mV, normalised, at ``fs``) and labels."""
 
-    # ---- data: read, split, preprocess
+    splits: dict[str, list[str]]  # the split file's record names (val / test in scoring order)
+    train_names: list[str]  # the records trained on (a label fraction of splits["train"])
+    normalization: Normalization
+    signals: dict[str, list[np.ndarray]]
+    labels: dict[str, np.ndarray]  # class indices into CINC_CLASSES
+
+
+def read_labelled_records(cfg: FinetuneConfig, progress: bool = True) -> tuple[dict, Cinc2017]:
+    """All readable records of ``cfg.data`` by name (unreadable ones are reported and skipped)."""
     cinc = Cinc2017(cfg.data, labels=cfg.labels)
     records, failures = cinc.read_all(progress=progress)
     for name, why in failures:
         print(f"skipped {name}: {why}")
-    by_name = {r.name: r for r in records}
     if not cinc.labels:
         raise ConfigError(f"{cfg.data}: no label file; fine-tuning needs labels")
+    return {r.name: r for r in records}, cinc
+
+
+def resolve_splits(cfg: FinetuneConfig, out: Path, by_name: dict, cinc: Cinc2017) -> dict[str, list[str]]:
+    """The run's splits: ``cfg.splits`` or the run folder's ``splits.json`` if present, else made and saved.
+
+    Made splits are stratified: 80/20 + validation, or fold ``cfg.fold`` of ``cfg.folds``.
+    """
     split_file = Path(cfg.splits) if cfg.splits else out / "splits.json"
     if split_file.is_file():
         splits = load_splits(split_file)
@@ -79,48 +94,54 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     missing = [n for part in splits.values() for n in part if n not in by_name]
     if missing:
         raise ConfigError(f"{split_file}: {len(missing)} record(s) not readable in {cfg.data}, e.g. {missing[:3]}")
+    return splits
+
+
+def prepare_data(cfg: FinetuneConfig, by_name: dict, splits: dict[str, list[str]]) -> FinetuneData:
+    """The label fraction of the training records, the normalisation (from them), and every split resampled to ``cfg.fs``."""
     train_names = splits["train"]
     if cfg.label_fraction < 1.0:
         train_names = subset_labels(train_names, [by_name[n].label for n in train_names], cfg.label_fraction, cfg.seed)
-    label_of = lambda names: np.array([CINC_CLASSES.index(by_name[n].label) for n in names])  # noqa: E731
+    names = {"train": train_names, "val": splits["val"], "test": splits["test"]}
     t0 = time.perf_counter()
     raw_train = prepare_cinc([by_name[n] for n in train_names], cfg.fs, None)
     norm = PAPER_CINC if cfg.normalization == "paper" else Normalization.from_records(raw_train)
-    signals = {part: prepare_cinc([by_name[n] for n in names], cfg.fs, norm)
-               for part, names in (("train", train_names), ("val", splits["val"]), ("test", splits["test"]))}
-    labels = {"train": label_of(train_names), "val": label_of(splits["val"]), "test": label_of(splits["test"])}
+    signals = {part: prepare_cinc([by_name[n] for n in names[part]], cfg.fs, norm) for part in names}
+    labels = {part: np.array([CINC_CLASSES.index(by_name[n].label) for n in names[part]]) for part in names}
     print(f"data: {len(train_names)} train / {len(splits['val'])} val / {len(splits['test'])} test records at "
           f"{cfg.fs:g} Hz, normalisation mean {norm.mean:.4f} std {norm.std:.4f} mV ({time.perf_counter() - t0:.1f} s)")
+    return FinetuneData(splits, train_names, norm, signals, labels)
 
-    # ---- model
-    if cfg.init:
-        model, card = model_from_card(cfg.init, num_classes=NUM_CLASSES, reset_head=True)
-        if abs(float(card["fs"]) - cfg.fs) > 1e-6:
-            print(f"warning: backbone pre-trained at {card['fs']} Hz, fine-tuning at {cfg.fs:g} Hz")
-        if (card["architecture"], float(card["width"])) != (cfg.model.name, float(cfg.model.width)):
-            print(f"note: architecture from the card: {card['architecture']} width {card['width']}")
-        if cfg.model.drop_rate:
-            model.head_drop.p = cfg.model.drop_rate
-    else:
+
+def build_model(cfg: FinetuneConfig) -> tuple[torch.nn.Module, float]:
+    """A 4-class model: the card's backbone with a new head (``cfg.init``) or random initialisation; returns (model, width)."""
+    if not cfg.init:
         model = create_model(cfg.model.name, num_classes=NUM_CLASSES, width=cfg.model.width, drop_rate=cfg.model.drop_rate)
-    model.to(device)
-    if cfg.compile:
-        model = torch.compile(model)  # the engine saves the plain module's weights (unwrap)
-    arch = model.model_name if hasattr(model, "model_name") else cfg.model.name
-    width = float(card["width"]) if cfg.init else cfg.model.width
+        return model, cfg.model.width
+    model, card = model_from_card(cfg.init, num_classes=NUM_CLASSES, reset_head=True)
+    if abs(float(card["fs"]) - cfg.fs) > 1e-6:
+        print(f"warning: backbone pre-trained at {card['fs']} Hz, fine-tuning at {cfg.fs:g} Hz")
+    if (model.model_name, float(card["width"])) != (resolve_name(cfg.model.name), float(cfg.model.width)):
+        print(f"note: architecture from the card: {model.model_name} width {card['width']}")
+    if cfg.model.drop_rate:
+        model.head_drop.p = cfg.model.drop_rate
+    return model, float(card["width"])
 
-    # ---- training data
+
+def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module, device: torch.device, out: Path,
+                 progress: bool = True) -> Trainer:
+    """The engine set up for fine-tuning: crops (or the study's padded input), weighted loss, validation macro-F1."""
     if cfg.input == "crop":
-        train_ds = CincCropDataset(signals["train"], labels["train"], int(round(cfg.crop_seconds * cfg.fs)), seed=cfg.seed)
+        train_ds = CincCropDataset(data.signals["train"], data.labels["train"], int(round(cfg.crop_seconds * cfg.fs)), seed=cfg.seed)
     elif cfg.input == "paper":
-        train_ds = CincPaperDataset(signals["train"], labels["train"], cfg.paper_samples)
+        train_ds = CincPaperDataset(data.signals["train"], data.labels["train"], cfg.paper_samples)
     else:
         raise ConfigError(f"input must be 'crop' or 'paper', got {cfg.input!r}")
     steps_per_round = math.ceil(len(train_ds) / cfg.batch_size)
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, steps_per_round, cfg.epochs)
     class_weight = None
     if cfg.class_weights:
-        counts = np.bincount(labels["train"], minlength=NUM_CLASSES).astype(float)
+        counts = np.bincount(data.labels["train"], minlength=NUM_CLASSES).astype(float)
         class_weight = torch.tensor(counts.sum() / (NUM_CLASSES * np.maximum(counts, 1)), dtype=torch.float32, device=device)
 
     def make_batches(r: int):
@@ -135,15 +156,15 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         logits = m(x.to(device, non_blocking=True))
         return F.cross_entropy(logits.float(), y.to(device), weight=class_weight), len(y)
 
-    val_ds = _eval_dataset(cfg, signals["val"])
+    val_ds, val_labels = _eval_dataset(cfg, data.signals["val"]), data.labels["val"]
 
     def evaluate(m, r):
         probs = predict_dataset(m, val_ds, cfg.eval_batch_size, device)
         pred = probs.argmax(1)
-        f1 = f1_per_class(labels["val"], pred, NUM_CLASSES)
-        nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(pred)), labels["val"]], 1e-12, 1))))
-        return {"val_loss": nll, "val_macro_f1": float(macro_f1(labels["val"], pred, NUM_CLASSES)),
-                "val_challenge_f1": float(challenge_f1(labels["val"], pred)),
+        f1 = f1_per_class(val_labels, pred, NUM_CLASSES)
+        nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(pred)), val_labels], 1e-12, 1))))
+        return {"val_loss": nll, "val_macro_f1": float(macro_f1(val_labels, pred, NUM_CLASSES)),
+                "val_challenge_f1": float(challenge_f1(val_labels, pred)),
                 **{f"val_f1_{c}": float(v) for c, v in zip(("N", "A", "O", "noisy"), f1)}}
 
     def on_round_start(m, r):
@@ -151,51 +172,63 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         for name, p in m.named_parameters():
             p.requires_grad_(not frozen or name.startswith(HEAD_PREFIX))
 
-    trainer = Trainer(model, optimizer, step_fn, make_batches, evaluate, out, rounds=cfg.epochs,
-                      monitor="val_macro_f1", patience=cfg.patience, scheduler=scheduler, seed=cfg.seed, device=device,
-                      amp=cfg.amp, on_round_start=on_round_start if cfg.freeze_epochs else None,
-                      steps_per_round=steps_per_round, progress=progress,
-                      best_metadata={"architecture": arch, "fs": cfg.fs})
-    t_train = time.perf_counter()
-    state = trainer.fit()
-    train_minutes = (time.perf_counter() - t_train) / 60
+    return Trainer(model, optimizer, step_fn, make_batches, evaluate, out, rounds=cfg.epochs,
+                   monitor="val_macro_f1", patience=cfg.patience, scheduler=scheduler, seed=cfg.seed, device=device,
+                   amp=cfg.amp, on_round_start=on_round_start if cfg.freeze_epochs else None,
+                   steps_per_round=steps_per_round, progress=progress,
+                   best_metadata={"architecture": unwrap(model).model_name, "fs": cfg.fs})
 
-    # ---- the best model (chosen on validation), scored on val and test
-    card_fields = dict(architecture=arch, width=width, num_classes=NUM_CLASSES, classes=list(CINC_CLASSES),
-                       fs=cfg.fs, normalization={"mean": norm.mean, "std": norm.std, "units": "mV"},
-                       input=cfg.input, window_samples=int(round(cfg.crop_seconds * cfg.fs)),
-                       hop_samples=int(round(cfg.hop_seconds * cfg.fs)), paper_samples=cfg.paper_samples,
-                       task="cinc2017", init=cfg.init, seed=cfg.seed, best_round=state.best_round,
-                       rounds_run=state.round, steps=state.step, train_records=len(train_names),
-                       config=to_dict(cfg))
-    card = write_card(out / "model.json", out / BEST_FILE, **card_fields)
+
+def score_best_model(cfg: FinetuneConfig, data: FinetuneData, out: Path, device: torch.device, best_round: int) -> dict:
+    """The best model (chosen on validation, read back from its card) scored on val and test: reports and predictions."""
     best, _ = model_from_card(out / "model.json")
     best.to(device)
-    results = {"best_round": state.best_round, "rounds_run": state.round, "stopped_early": state.stopped_early,
-               "train_minutes_this_session": round(train_minutes, 2)}
+    results = {}
     for part in ("val", "test"):
         t = time.perf_counter()
-        ds = _eval_dataset(cfg, signals[part])
-        probs = predict_dataset(best, ds, cfg.eval_batch_size, device)
+        probs = predict_dataset(best, _eval_dataset(cfg, data.signals[part]), cfg.eval_batch_size, device)
         seconds = time.perf_counter() - t
-        report = classification_report(labels[part], probs, n_boot=cfg.bootstrap, seed=cfg.seed, split=part)
+        report = classification_report(data.labels[part], probs, n_boot=cfg.bootstrap, seed=cfg.seed, split=part)
         report["inference_records_per_s"] = len(probs) / seconds
-        (out / f"report_{part}.json").write_text(json.dumps(report, indent=1))
-        write_predictions(out / f"predictions_{part}.csv", splits[part], labels[part], probs)
+        atomic_write(out / f"report_{part}.json", json.dumps(report, indent=1))
+        write_predictions(out / f"predictions_{part}.csv", data.splits[part], data.labels[part], probs)
         results[part] = report
-        print(f"== {part} ({len(probs)} records, best round {state.best_round}) ==")
+        print(f"== {part} ({len(probs)} records, best round {best_round}) ==")
         print(format_report(report))
-    plot_curves(out / "metrics.csv", out / "curves.png")
-    (out / "results.json").write_text(json.dumps({k: v for k, v in results.items()}, indent=1, default=float))
     return results
 
 
-def write_predictions(path: Path, names, labels, probs: np.ndarray) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["record", "label", "prediction", *[f"p_{c}" for c in CINC_CLASSES]])
-        for n, y, p in zip(names, labels, probs):
-            w.writerow([n, CINC_CLASSES[int(y)] if y >= 0 else "", CINC_CLASSES[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
+    """Read, split and preprocess CinC 2017, train (resuming a checkpoint in ``cfg.out``), then score the best model."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_or_check_config(cfg, out / "config.yaml", canonical=with_current_model_name)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    by_name, cinc = read_labelled_records(cfg, progress)
+    data = prepare_data(cfg, by_name, resolve_splits(cfg, out, by_name, cinc))
+    model, width = build_model(cfg)
+    model.to(device)
+    if cfg.compile:
+        model = torch.compile(model)  # the engine saves the plain module's weights (unwrap)
+
+    t_train = time.perf_counter()
+    state = make_trainer(cfg, data, model, device, out, progress).fit()
+    train_minutes = (time.perf_counter() - t_train) / 60
+
+    write_card(out / "model.json", out / BEST_FILE, architecture=unwrap(model).model_name, width=width,
+               num_classes=NUM_CLASSES, classes=list(CINC_CLASSES), fs=cfg.fs,
+               normalization={"mean": data.normalization.mean, "std": data.normalization.std, "units": "mV"},
+               input=cfg.input, window_samples=int(round(cfg.crop_seconds * cfg.fs)),
+               hop_samples=int(round(cfg.hop_seconds * cfg.fs)), paper_samples=cfg.paper_samples,
+               task="cinc2017", init=cfg.init, seed=cfg.seed, best_round=state.best_round,
+               rounds_run=state.round, steps=state.step, train_records=len(data.train_names), config=to_dict(cfg))
+    results = {"best_round": state.best_round, "rounds_run": state.round, "stopped_early": state.stopped_early,
+               "train_minutes_this_session": round(train_minutes, 2), **score_best_model(cfg, data, out, device, state.best_round)}
+    plot_curves(out / "metrics.csv", out / "curves.png")
+    atomic_write(out / "results.json", json.dumps(results, indent=1, default=float))
+    return results
 
 
 def plot_curves(metrics_csv: Path, png: Path) -> None:
@@ -223,7 +256,7 @@ def plot_curves(metrics_csv: Path, png: Path) -> None:
 
 
 def add_parser(subparsers) -> None:
-    add_config_command(subparsers, "finetune", FinetuneConfig, run_finetune, "fine-tune on PhysioNet/CinC 2017 (random init or a pre-trained backbone)", __doc__,
+    add_config_command(subparsers, "finetune", FinetuneConfig, run_finetune, __doc__,
                        {"data": {"help": "CinC folder (RECORDS, REFERENCE*.csv, .mat/.hea)"},
                                    "init": {"help": "pre-trained model card (model.json) to start from"},
                                    "out": {"help": "run folder"}, "seed": {"type": int}})

@@ -2,7 +2,7 @@
 
 Tasks: ``beat``, ``rhythm``, ``heart_rate`` (frame classification, labels from the store's
 beat arrays by the study's rules, :mod:`ecgtl.tasks`) and ``future`` (contrastive future
-prediction, :mod:`ecgtl.tasks.future`). Frames come from :class:`ecgtl.data.sampling.FrameSampler`
+prediction, `ecgtl.models.future_prediction`). Frames come from :class:`ecgtl.data.sampling.FrameSampler`
 (random patient -> segment -> frame, patient-level train/validation split). The engine is the
 one fine-tuning uses (:mod:`ecgtl.train.engine`): rounds of ``frames_per_patient`` frames
 per training patient, a checkpoint after each, exact resume, CSV/TensorBoard logs.
@@ -38,26 +38,19 @@ from ecgtl.data.transforms import resample_factors
 from ecgtl.errors import ConfigError
 from ecgtl.evaluate.metrics import macro_f1
 from ecgtl.models import create_model
-from ecgtl.models.card import write_card
-from ecgtl.tasks import CLASSIFICATION_TASKS
-from ecgtl.tasks.future import FuturePrediction
-from ecgtl.train.engine import BEST_FILE, Trainer, _atomic_safetensors, build_optimizer, resolve_device, unwrap
+from ecgtl.models.card import load_weights, save_weights, write_card
+from ecgtl.models.future_prediction import FuturePrediction
+from ecgtl.models.registry import with_current_model_name
+from ecgtl.runtime import resolve_device, unwrap
+from ecgtl.tasks import PRETEXT_TASKS, get_task
+from ecgtl.train.engine import BEST_FILE, Trainer, build_optimizer
 
-TASKS = (*CLASSIFICATION_TASKS, "future")
-DETECTED_BEAT_SOURCES = {"cinc2017"}  # beats from a QRS detector (heart-rate and future tasks only)
+DETECTED_BEAT_SOURCES = {"cinc2017"}  # beats from a QRS detector: no beat types or rhythm
 
 
 def _dist_info() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment (1 process: 0, 1, 0)."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def task_classes(task: str) -> tuple[str, ...]:
-    if task == "future":
-        return ()
-    if task not in CLASSIFICATION_TASKS:
-        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    return tuple(CLASSIFICATION_TASKS[task][0].CLASS_NAMES)
 
 
 @dataclass
@@ -96,7 +89,7 @@ class PretrainJob:
     def sampler(self, rank: int | None = None, world_size: int | None = None) -> FrameSampler:
         c = self.cfg
         return FrameSampler(c.store, self.train_ids, self.window_samples, c.frames_per_patient,
-                            "none" if c.task == "future" else c.task, seed=c.seed, normalization=self.normalization,
+                            c.task, seed=c.seed, normalization=self.normalization,
                             rank=self.rank if rank is None else rank,
                             world_size=self.world_size if world_size is None else world_size)
 
@@ -111,12 +104,11 @@ class PretrainJob:
 
 
 def build_job(cfg: PretrainConfig, rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> PretrainJob:
-    if cfg.task not in TASKS:
-        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
+    task = get_task(cfg.task)
     store = Store(cfg.store)
     ids = [p["patient_id"] for p in store.patients if cfg.sources is None or p["source"] in cfg.sources
            or p["patient_id"].split("/")[0] in cfg.sources]
-    if cfg.task in ("beat", "rhythm"):  # detector beats carry no type or rhythm: no labels for these tasks
+    if task.needs_annotated_beats:  # detector beats carry no type or rhythm: no labels for these tasks
         source_of = {p["patient_id"]: p["source"] for p in store.patients}
         ids = [i for i in ids if source_of[i] not in DETECTED_BEAT_SOURCES]
     if len(ids) < 2:
@@ -131,12 +123,11 @@ def build_job(cfg: PretrainConfig, rank: int = 0, world_size: int = 1, device: t
         raise ConfigError(f"{world_size} ranks but only {len(train_ids)} training patients")
     normalization = estimate_normalization(cfg.store, train_ids, seed=cfg.seed)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    classes = task_classes(cfg.task)
-    if cfg.task == "future":
+    if not task.is_classification:
         backbone = create_model(cfg.model.name, num_classes=0, width=cfg.model.width)
         model = FuturePrediction(backbone, context_frames=cfg.context_frames, frame_samples=cfg.frame_samples)
     else:
-        model = create_model(cfg.model.name, num_classes=len(classes), width=cfg.model.width, drop_rate=cfg.model.drop_rate)
+        model = create_model(cfg.model.name, num_classes=task.num_classes, width=cfg.model.width, drop_rate=cfg.model.drop_rate)
         backbone = model
     device = device or resolve_device(cfg.device)
     model.to(device)
@@ -156,7 +147,7 @@ def make_evaluate(job: PretrainJob):
     def frames():
         if not cache:  # built on first use: under DDP only rank 0 evaluates
             x, y = fixed_frames(c.store, job.val_ids, job.window_samples, c.val_frames_per_patient,
-                                "none" if c.task == "future" else c.task, seed=c.seed, normalization=job.normalization)
+                                c.task, seed=c.seed, normalization=job.normalization)
             # mixed order: for the contrastive task the negatives of a batch then come from several
             # patients, as in training (fixed_frames lists each patient's frames together)
             order = np.random.default_rng(c.seed).permutation(len(x))
@@ -177,7 +168,7 @@ def make_evaluate(job: PretrainJob):
         yy = y.numpy()
         majority = np.bincount(yy).max() / len(yy)
         return {"val_loss": float(F.cross_entropy(logits, y)), "val_accuracy": float((pred == yy).mean()),
-                "val_macro_f1": float(macro_f1(yy, pred, len(task_classes(c.task)))), "val_majority_accuracy": float(majority)}
+                "val_macro_f1": float(macro_f1(yy, pred, get_task(c.task).num_classes)), "val_majority_accuracy": float(majority)}
 
     return evaluate
 
@@ -208,7 +199,7 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         out = Path(cfg.out)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            save_or_check_config(cfg, out / "config.yaml")
+            save_or_check_config(cfg, out / "config.yaml", canonical=with_current_model_name)
         sampler = job.sampler()
         steps_per_round = sampler.batches_per_round(cfg.batch_size, cfg.num_workers)
         if steps_per_round < 1:
@@ -247,18 +238,16 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
 
 def write_backbone(job: PretrainJob, out: Path, state) -> dict:
     """``backbone.safetensors`` (ResNet naming, head kept for classification tasks) + the card ``model.json``."""
-    from ecgtl.models.card import load_weights
-
     c = job.cfg
     best = load_weights(out / BEST_FILE)
     if c.task == "future":
         weights = {k[len("backbone."):]: v for k, v in best.items() if k.startswith("backbone.")}
     else:
         weights = best
-    _atomic_safetensors(weights, out / "backbone.safetensors")
-    classes = task_classes(c.task)
+    save_weights(weights, out / "backbone.safetensors")
+    classes = get_task(c.task).class_names
     last = state.history[-1] if state.history else {}
-    return write_card(out / "model.json", out / "backbone.safetensors", architecture=c.model.name, width=c.model.width,
+    return write_card(out / "model.json", out / "backbone.safetensors", architecture=job.backbone.model_name, width=c.model.width,
                       num_classes=len(classes), classes=list(classes), fs=float(c.fs),
                       normalization={"mean": job.normalization[0], "std": job.normalization[1], "units": "mV"},
                       task=c.task, frame_samples=c.frame_samples, store=c.store, sources=c.sources,
@@ -268,6 +257,6 @@ def write_backbone(job: PretrainJob, out: Path, state) -> dict:
 
 
 def add_parser(subparsers) -> None:
-    add_config_command(subparsers, "pretrain", PretrainConfig, run_pretrain, "pre-train a backbone on the store (beat, rhythm, heart_rate, future)", __doc__,
-                       {"task": {"choices": TASKS}, "store": {"help": "prepared store folder"},
+    add_config_command(subparsers, "pretrain", PretrainConfig, run_pretrain, __doc__,
+                       {"task": {"choices": list(PRETEXT_TASKS)}, "store": {"help": "prepared store folder"},
                                    "out": {"help": "run folder"}, "seed": {"type": int}})

@@ -1,0 +1,94 @@
+"""The named steps of ``run_finetune`` on real CinC 2017 records, each on its own."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ecgtl.config import FinetuneConfig, load_config
+from ecgtl.constants import CINC_CLASSES
+from ecgtl.data.cinc2017 import Cinc2017
+from ecgtl.errors import ConfigError
+from ecgtl.models import create_model
+from ecgtl.models.card import save_weights, write_card
+from ecgtl.train.finetune import FinetuneData, build_model, prepare_data, resolve_splits
+
+NAMES = 160  # records read for these tests (the first ones of RECORDS)
+
+
+@pytest.fixture(scope="module")
+def records(cinc_folder):
+    cinc = Cinc2017(cinc_folder)
+    read, failures = cinc.read_all(progress=False, names=sorted(cinc.labels)[:NAMES])
+    assert not failures
+    return {r.name: r for r in read}, cinc
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(FinetuneConfig, "cpu", "finetune", [f"out={tmp_path}", "test_fraction=0.25", "val_fraction=0.25", *extra])
+
+
+def test_splits_are_made_once_then_reused_and_checked(records, tmp_path):
+    by_name, cinc = records
+    first = resolve_splits(_cfg(tmp_path), tmp_path, by_name, cinc)
+    assert sorted(first["train"] + first["val"] + first["test"]) == sorted(by_name)
+    saved = json.loads((tmp_path / "splits.json").read_text())
+    assert saved["meta"]["seed"] == 0 and saved["meta"]["label_file"].endswith("REFERENCE-v3.csv")
+    assert resolve_splits(_cfg(tmp_path, "split_seed=5"), tmp_path, by_name, cinc) == first  # the folder's file wins
+    fewer = {n: r for n, r in by_name.items() if n != first["test"][0]}
+    with pytest.raises(ConfigError, match="1 record"):
+        resolve_splits(_cfg(tmp_path), tmp_path, fewer, cinc)
+
+
+def test_prepared_data_are_resampled_normalised_on_train_and_labelled(records, tmp_path):
+    by_name, cinc = records
+    cfg = _cfg(tmp_path, "fs=125", "label_fraction=0.5")
+    splits = resolve_splits(cfg, tmp_path, by_name, cinc)
+    data = prepare_data(cfg, by_name, splits)
+    assert isinstance(data, FinetuneData) and set(data.train_names) <= set(splits["train"])
+    assert abs(len(data.train_names) - len(splits["train"]) / 2) <= 2
+    first = by_name[data.train_names[0]]
+    assert len(data.signals["train"][0]) == pytest.approx(len(first.signal) * 125 / first.fs, abs=1)
+    train = np.concatenate(data.signals["train"])
+    assert abs(train.mean()) < 1e-3 and abs(train.std() - 1) < 1e-3  # normalised on the training records only
+    for part in ("train", "val", "test"):
+        names = data.train_names if part == "train" else splits[part]
+        assert [CINC_CLASSES[i] for i in data.labels[part]] == [by_name[n].label for n in names]
+
+
+def test_model_is_random_or_the_cards_backbone_with_a_new_head(tmp_path):
+    cfg = _cfg(tmp_path, "model.name=resnet18v2", "model.width=0.125")
+    model, width = build_model(cfg)
+    assert model.model_name == "resnet18_preact" and width == 0.125 and model.head.out_features == 4
+    pretext = create_model("resnet18_preact", num_classes=5, width=0.125)
+    save_weights(pretext.state_dict(), tmp_path / "backbone.safetensors")
+    write_card(tmp_path / "model.json", tmp_path / "backbone.safetensors", architecture="resnet18_preact", width=0.125,
+               num_classes=5, fs=250.0, normalization={"mean": 0.0, "std": 1.0})
+    model, width = build_model(_cfg(tmp_path, f"init={tmp_path / 'model.json'}"))
+    assert width == 0.125 and model.head.out_features == 4
+    pre = pretext.state_dict()
+    for k, v in model.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(v, pre[k]), k
+
+
+def test_a_run_folder_of_an_older_version_resumes_but_other_settings_are_refused(tmp_path):
+    """A config.yaml written before a field existed, or under a model's older name, is the same run."""
+    import yaml
+
+    from ecgtl.config import save_or_check_config
+    from ecgtl.models.registry import with_current_model_name
+
+    cfg = _cfg(tmp_path, "model.name=resnet18_preact")
+    old = yaml.safe_load(yaml.safe_dump(__import__("dataclasses").asdict(cfg)))
+    old["model"]["name"] = "resnet18v2"  # the name before the rename
+    del old["optim"]["name"], old["optim"]["momentum"]  # fields added later
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    save_or_check_config(cfg, tmp_path / "config.yaml", canonical=with_current_model_name)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["name"] == "resnet18_preact"
+    with pytest.raises(ConfigError, match=r"other settings \(model\)"):
+        save_or_check_config(_cfg(tmp_path, "model.name=resnet34_preact"), tmp_path / "config.yaml", canonical=with_current_model_name)
