@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 
@@ -45,7 +46,9 @@ def test_finetune_writes_a_complete_run(tiny_run):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(r["round"]) for r in rows] == [1, 2] and "val_macro_f1" in rows[0]
     card = json.loads((out / "model.json").read_text())
-    assert card["fs"] == 100 and card["num_classes"] == 4 and card["architecture"] == "resnet18v2"
+    # the card names the model by its registered name ("resnet18v2" may be an alias of it)
+    assert card["fs"] == 100 and card["num_classes"] == 4
+    assert card["architecture"] == create_model("resnet18v2", num_classes=4, width=0.125).model_name
     assert set(card["normalization"]) >= {"mean", "std"}
     splits = json.loads((out / "splits.json").read_text())["splits"]
     assert len(splits["test"]) == 1450 and len(splits["val"]) == 362
@@ -53,13 +56,52 @@ def test_finetune_writes_a_complete_run(tiny_run):
     assert not set(splits["test"]) & set(splits["train"])
 
 
-def test_rerun_resumes_and_keeps_the_splits(tiny_run, cinc_folder):
+def _fingerprint(path):
+    """What a rewrite would change: modification time and content."""
+    return path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _checkpoint_state(out):
+    return json.loads(torch.load(out / "checkpoint.pt", weights_only=True)["state"])
+
+
+def test_rerun_resumes_and_keeps_the_splits(tiny_run, cinc_folder, capsys):
     out, _ = tiny_run
-    before = (out / "splits.json").read_text()
+    splits = (out / "splits.json").read_text()
+    metrics = (out / "metrics.csv").read_text()
+    weights = {name: _fingerprint(out / name) for name in ("best.safetensors", "checkpoint.pt")}
+    steps = _checkpoint_state(out)["step"]
+    capsys.readouterr()
     cfg = load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={out}", "bootstrap=0"])
-    run_finetune(cfg, progress=False)  # both rounds done: nothing retrained, same split file
-    assert (out / "splits.json").read_text() == before
-    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2
+    run_finetune(cfg, progress=False)  # both rounds done: resumed, nothing retrained, same split file
+    printed = capsys.readouterr().out
+    assert f"resumed from {out / 'checkpoint.pt'} after round 2 (step {steps})" in printed
+    assert "round 1/2:" not in printed and "round 2/2:" not in printed  # the engine logs each round it trains
+    assert {name: _fingerprint(out / name) for name in weights} == weights  # weights neither rewritten nor changed
+    assert (out / "metrics.csv").read_text() == metrics
+    assert (out / "splits.json").read_text() == splits
+
+
+def test_a_run_stopped_after_one_epoch_resumes_with_the_second(cinc_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = TINY + [f"data={cinc_folder}", f"out={out}", "bootstrap=0"]
+    # a genuine round-1 checkpoint: the same run with epochs=1 (epochs may change on resume, see RESUMABLE_CHANGES)
+    run_finetune(load_config(FinetuneConfig, "cpu", "finetune", args + ["epochs=1"]), progress=False)
+    first = list(csv.DictReader(open(out / "metrics.csv")))
+    state = _checkpoint_state(out)
+    assert [r["round"] for r in first] == ["1"] and state["round"] == 1 and state["step"] > 0
+    splits = (out / "splits.json").read_text()
+    capsys.readouterr()
+    run_finetune(load_config(FinetuneConfig, "cpu", "finetune", args), progress=False)  # epochs=2
+    printed = capsys.readouterr().out
+    assert f"resumed from {out / 'checkpoint.pt'} after round 1 (step {state['step']})" in printed
+    assert "round 1/2:" not in printed and "round 2/2:" in printed  # exactly one more round trained
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["round"] for r in rows] == ["1", "2"]
+    assert rows[0] == first[0]  # round 1's row as logged before, its timing included: not retrained
+    after = _checkpoint_state(out)
+    assert after["round"] == 2 and after["step"] == 2 * state["step"]
+    assert (out / "splits.json").read_text() == splits
 
 
 def test_evaluate_on_a_folder_of_test_records_reproduces_finetune(tiny_run, cinc_folder, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from fractions import Fraction
 
@@ -268,15 +267,6 @@ def test_bootstrap_alpha_sets_the_level():
     low95, high95 = bootstrap_ci(macro_f1, y, y_pred, n_boot=400, alpha=0.05)
     low50, high50 = bootstrap_ci(macro_f1, y, y_pred, n_boot=400, alpha=0.5)
     assert low95 < low50 < high50 < high95
-
-
-def test_bootstrap_is_fast():
-    y, _, y_pred = random_case(4, n=1500)
-    bootstrap_ci(macro_f1, y, y_pred, n_boot=10)  # warm-up
-    start = time.perf_counter()
-    bootstrap_ci(macro_f1, y, y_pred, n_boot=1000)
-    # typically ~15 ms on one core; generous bound for shared CI machines
-    assert time.perf_counter() - start < 1.0
 
 
 # --------------------------------------------------------------------------- report

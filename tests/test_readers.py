@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -36,10 +35,7 @@ def test_cinc_reads_all_records_with_v3_labels(cinc_folder):
     assert data.label_file.name == "REFERENCE-v3.csv"
     counts = collections.Counter(data.labels.values())
     assert counts == {"N": 4292, "A": 627, "O": 2088, "~": 241}
-    t0 = time.perf_counter()
-    records, failures = data.read_all(progress=False)
-    rate = len(records) / (time.perf_counter() - t0)
-    print(f"\nCinC 2017: read {len(records)} records at {rate:.0f} records/s")
+    records, failures = data.read_all(progress=False)  # reading rate: benchmarks/bench_data.py ("cinc_read")
     assert not failures and len(records) == 7248
     durations = np.array([r.duration_s for r in records])
     assert 8.9 <= durations.min() and durations.max() <= 61.0
@@ -78,9 +74,7 @@ def test_cinc_folder_without_records_file(cinc_folder, tmp_path):
 def test_icentia_wfdb_patient0(icentia_root):
     patient = IcentiaWfdbPatient(icentia_root, 0)
     assert patient.segment_numbers == list(range(50))
-    t0 = time.perf_counter()
-    segments = list(patient.segments())
-    print(f"\nIcentia11k patient 0 (WFDB): read 50 segments in {time.perf_counter() - t0:.2f} s")
+    segments = list(patient.segments())  # reading time: benchmarks/bench_data.py ("icentia_read")
     assert all(len(s.signal) == ICENTIA_SEGMENT_SAMPLES and s.signal.dtype == np.int16 for s in segments)
     beats = sum(len(s.beats) for s in segments)
     assert beats == 282_712

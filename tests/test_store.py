@@ -43,14 +43,10 @@ def torrent_folder(shared_data, icentia_root, tmp_path_factory) -> Path:
 
 
 def test_both_icentia_releases_prepare_to_identical_stores(icentia_root, torrent_folder, tmp_path):
-    t0 = time.perf_counter()
+    # the time each release takes to prepare: benchmarks/bench_data.py ("prepare_icentia")
     wfdb_report = prepare(tmp_path / "a", [("icentia11k/p00000", functools.partial(IcentiaWfdbPatient, icentia_root, 0))], progress=False)
-    t_wfdb = time.perf_counter() - t0
     gain = IcentiaWfdbPatient(icentia_root, 0).gain
-    t0 = time.perf_counter()
     prepare(tmp_path / "b", [("icentia11k/p00000", functools.partial(IcentiaTorrentPatient, torrent_folder, 0, gain))], progress=False)
-    t_torrent = time.perf_counter() - t0
-    print(f"\nprepare patient 0: WFDB release {t_wfdb:.1f} s, torrent release {t_torrent:.1f} s")
     assert not wfdb_report.failures
     a, b = Store(tmp_path / "a").open("icentia11k/p00000"), Store(tmp_path / "b").open("icentia11k/p00000")
     assert _sha(a.folder / SIGNAL_FILE) == _sha(b.folder / SIGNAL_FILE)
