@@ -118,6 +118,32 @@ def bench_dataloader(store_root: Path, frames: int, workers: int = 2, batch: int
             "frames_per_s": rates[workers], "main_process_frames_per_s": rates[0], "ratio_to_main_process": rates[workers] / rates[0]}
 
 
+def bench_batches(store_root: Path, frames: int, batch: int = 64, length: int = 4096, seed: int = 0) -> dict:
+    """Labelled frames/s per CPU core (one process, one torch thread) of what pre-training iterates: the sampler's
+    whole batches (``batch_size=B``, ``DataLoader(batch_size=None)``) vs single frames collated by
+    ``DataLoader(batch_size=B)`` (the sampler before batch mode), beat labels, side by side in one run (best of 3)."""
+    ids = Store(store_root).patient_ids
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rates = {}
+        for mode in ("single_frames", "batches"):
+            sampler = FrameSampler(store_root, ids, length, max(1, frames // len(ids)), "beat", seed=seed, normalization=(0.0, 0.2),
+                                   batch_size=batch if mode == "batches" else None)
+            loader = DataLoader(sampler, batch_size=None if mode == "batches" else batch, drop_last=mode != "batches")
+            best = 0.0
+            for r in range(3):
+                sampler.set_round(r)
+                n, dt = _timed(lambda: sum(len(y) for _, y in loader))
+                best = max(best, n / dt)
+            rates[mode] = best
+    finally:
+        torch.set_num_threads(threads)
+    return {"task": "beat", "frame_samples": length, "batch": batch, "frames_per_round": n,
+            "batches_frames_per_s_per_core": rates["batches"], "single_frames_frames_per_s_per_core": rates["single_frames"],
+            "ratio": rates["batches"] / rates["single_frames"], "target_frames_per_s_per_core": 50_000}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared-data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -187,6 +213,7 @@ def main() -> int:
         # --- frame sampling for pre-training (MIT-BIH store: 48 patients), one process and through DataLoader workers
         res["sampler"] = bench_sampler(tmp / "store_mitdb", args.sampler_frames)
         res["sampler_dataloader"] = bench_dataloader(tmp / "store_mitdb", args.sampler_frames)
+        res["sampler_batches"] = bench_batches(tmp / "store_mitdb", args.sampler_frames)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out = Path(args.out)
@@ -207,6 +234,10 @@ def main() -> int:
               f"{row['ratio_to_patient_frame_reads']:.2f}x Patient.frame reads, 1 process")
     dl = res["sampler_dataloader"]
     print(f"DataLoader, {dl['workers']} workers: {dl['frames_per_s']:,.0f} frames/s ({dl['ratio_to_main_process']:.2f}x the main process)")
+    sb = res["sampler_batches"]
+    print(f"sampler batches of {sb['batch']} x {sb['frame_samples']} samples, beat labels, 1 core: {sb['batches_frames_per_s_per_core']:,.0f} "
+          f"frames/s vs {sb['single_frames_frames_per_s_per_core']:,.0f} collated single frames ({sb['ratio']:.1f}x; "
+          f"target {sb['target_frames_per_s_per_core']:,})")
     print(f"wrote {out}")
     return 0
 

@@ -350,3 +350,22 @@ def test_long_rounds_yield_every_frame(store_root, store):
             n += 1
         assert n == len(s) == 11 * 1000, (task, L, buffer)
         assert x.shape == (1, L) and x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("num_workers, shuffle_buffer", [(0, None), (0, 0), (2, None)])
+def test_batch_mode_yields_the_dataloaders_batches_without_a_tensor_per_frame(store_root, store, num_workers, shuffle_buffer):
+    """``batch_size=B`` yields exactly the batches DataLoader(batch_size=B, drop_last=True) collates from single frames."""
+    kw = dict(shuffle_buffer=shuffle_buffer, frames_per_patient=21)  # 21 frames a patient: batches cross patients
+    single = _sampler(store_root, store, **kw)
+    batched = _sampler(store_root, store, batch_size=16, **kw)
+    single.set_round(2)
+    batched.set_round(2)
+    expected = list(torch.utils.data.DataLoader(single, batch_size=16, drop_last=True, num_workers=num_workers))
+    got = list(torch.utils.data.DataLoader(batched, batch_size=None, num_workers=num_workers))
+    assert len(got) == len(expected) == single.batches_per_round(16, num_workers) > 0
+    for g, e in zip(got, expected):
+        assert g[0].shape == (16, 1, 2048) and g[0].dtype == torch.float32
+        for a, b in zip(g, e):  # x, y, patient index, start
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="batch_size"):
+        _sampler(store_root, store, batch_size=0)

@@ -253,15 +253,22 @@ class FrameSampler(IterableDataset):
     frames); ``rank`` / ``world_size`` (default: torch.distributed's when it is
     initialised, else 0 / 1); ``sources`` keep only patients of these sources (the
     manifest's ``source`` or the id's prefix, e.g. ``"mitdb"``, ``"icentia11k"``);
-    ``cache_patients`` open patients kept per worker (LRU).
+    ``cache_patients`` open patients kept per worker (LRU); ``batch_size`` yields whole
+    batches ``x (B, 1, frame_samples)``, ``y (B,)`` (read it with ``DataLoader(sampler,
+    batch_size=None)``): the same batches, in the same order, as ``DataLoader(sampler,
+    batch_size=B, drop_last=True)`` over single frames, without a tensor per frame.
     """
 
     def __init__(self, store_root: str | os.PathLike, patient_ids: Iterable[str], frame_samples: int,
                  frames_per_patient: int, task: str, seed: int = 0,
                  normalization: tuple[float, float] | None = None, shuffle_buffer: int | None = None,
                  rank: int | None = None, world_size: int | None = None, sources: Iterable[str] | None = None,
-                 cache_patients: int = 4, return_position: bool = False):
+                 cache_patients: int = 4, return_position: bool = False, batch_size: int | None = None):
         super().__init__()
+        if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+            raise ValueError(f"batch_size must be a whole number >= 1 or None, got {batch_size!r}")
+        #: frames per yielded batch (use ``DataLoader(sampler, batch_size=None)``); None: one frame at a time
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.frame_samples, self.frames_per_patient, self.task = _check_common(frame_samples, frames_per_patient, task)
         self.store_root = Path(store_root)
         self.seed = int(seed)
@@ -424,18 +431,39 @@ class FrameSampler(IterableDataset):
             yield _gather(patient, s, self.frame_samples), labels[i:i + b], s, index, patient.baseline, patient.gain
 
     def _emit(self, raw, y, pidx, starts, baseline, gain) -> Iterator[tuple]:
+        """One block of frames as tensors: x (k, 1, L) float32, y (k,) [, patient index, start]."""
         x = torch.from_numpy(_to_float(raw, baseline, gain, self.mean, self.std)).unsqueeze(1)
         yt = torch.from_numpy(np.ascontiguousarray(y, np.int64))
         if self.return_position:
-            pt = torch.from_numpy(np.ascontiguousarray(pidx, np.int64))
-            st = torch.from_numpy(np.ascontiguousarray(starts, np.int64))
-            for i in range(len(x)):
-                yield x[i], yt[i], pt[i], st[i]
+            yield (x, yt, torch.from_numpy(np.ascontiguousarray(pidx, np.int64)),
+                   torch.from_numpy(np.ascontiguousarray(starts, np.int64)))
         else:
-            for i in range(len(x)):
-                yield x[i], yt[i]
+            yield x, yt
 
     def __iter__(self) -> Iterator[tuple]:
+        blocks = self._iter_blocks()
+        if self.batch_size is None:  # one frame at a time (a DataLoader with batch_size collates them)
+            for block in blocks:
+                for i in range(len(block[0])):
+                    yield tuple(t[i] for t in block)
+            return
+        # whole batches, cut from the blocks in order: the batches a DataLoader(batch_size, drop_last=True)
+        # would collate from the frames, without a tensor per frame
+        pending: list[tuple] = []
+        have, b = 0, self.batch_size
+        for block in blocks:
+            pending.append(block)
+            have += len(block[0])
+            if have < b:
+                continue
+            joined = tuple(torch.cat(parts) for parts in zip(*pending)) if len(pending) > 1 else pending[0]
+            cut = have - have % b
+            for i in range(0, cut, b):
+                yield tuple(t[i:i + b] for t in joined)
+            pending = [tuple(t[cut:] for t in joined)] if cut < have else []
+            have -= cut  # a last partial batch is dropped, as drop_last=True does
+
+    def _iter_blocks(self) -> Iterator[tuple]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         round_index = self.round
