@@ -468,19 +468,19 @@ def test_zip_slip_through_download(tmp_path):
     assert not (tmp_path / "dest/evil/evil.txt").exists()
 
 
-def test_zip_extraction_replaces_partial_tree(tmp_path):
+def test_zip_extraction_completes_a_partial_tree_and_keeps_files_it_did_not_write(tmp_path):
     archive = tmp_path / "a.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("top/x.txt", "x")
         zf.writestr("top/sub/y.txt", "yy")
     target = tmp_path / "t"
     (target / "top").mkdir(parents=True)
-    (target / "top/x.txt").write_text("old and wrong size")
+    (target / "top/x.txt").write_text("old and wrong size")  # not written by extraction: the user's, kept
     assert extract_zip(archive, target) is True
     assert (target / "top/sub/y.txt").read_text() == "yy"
-    assert (target / "top/x.txt").read_text() == "x"
+    assert (target / "top/x.txt").read_text() == "old and wrong size"
     assert extract_zip(archive, target) is False  # already there
-    assert sorted(p.name for p in target.iterdir()) == ["top"]
+    assert sorted(p.name for p in target.iterdir()) == ["a.zip.extracted.json", "top"]
 
 
 # --------------------------------------------------------------------------- (e) local mirror

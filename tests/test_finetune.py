@@ -140,8 +140,8 @@ def test_predict_formats_and_rejections(tiny_run, cinc_folder, mirror, tmp_path,
     for f in ("a.npy", "a.csv"):
         s, r = load_recording(str(tmp_path / f), fs=300)
         np.testing.assert_allclose(clf.predict_proba([s], r)[0], mat_probs, atol=1e-5)
-    # a multi-lead WFDB record at 360 Hz
-    assert cli(["predict", str(mirror / "mitdb" / "1.0.0" / "100.hea"), "--checkpoint", str(out), "--json"]) == 0
+    # a multi-lead WFDB record at 360 Hz: the lead is named, never guessed (without --lead it is refused)
+    assert cli(["predict", str(mirror / "mitdb" / "1.0.0" / "100.hea"), "--lead", "MLII", "--checkpoint", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)[0]
     assert result["label"] in CINC_CLASSES and result["fs"] == 360
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

@@ -37,7 +37,9 @@ def test_splits_are_made_once_then_reused_and_checked(records, tmp_path):
     assert sorted(first["train"] + first["val"] + first["test"]) == sorted(by_name)
     saved = json.loads((tmp_path / "splits.json").read_text())
     assert saved["meta"]["seed"] == 0 and saved["meta"]["label_file"].endswith("REFERENCE-v3.csv")
-    assert resolve_splits(_cfg(tmp_path, "split_seed=5"), tmp_path, by_name, cinc) == first  # the folder's file wins
+    assert resolve_splits(_cfg(tmp_path), tmp_path, by_name, cinc) == first  # reused as made
+    with pytest.raises(ConfigError, match="split_seed"):  # never reused under other split settings
+        resolve_splits(_cfg(tmp_path, "split_seed=5"), tmp_path, by_name, cinc)
     fewer = {n: r for n, r in by_name.items() if n != first["test"][0]}
     with pytest.raises(ConfigError, match="1 record"):
         resolve_splits(_cfg(tmp_path), tmp_path, fewer, cinc)
@@ -92,3 +94,22 @@ def test_a_run_folder_of_an_older_version_resumes_but_other_settings_are_refused
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["name"] == "resnet18_preact"
     with pytest.raises(ConfigError, match=r"other settings \(model\)"):
         save_or_check_config(_cfg(tmp_path, "model.name=resnet34_preact"), tmp_path / "config.yaml", canonical=with_current_model_name)
+
+
+def test_recipe_options_train_and_balanced_sampling_evens_the_classes(records, tmp_path):
+    from ecgtl.train.finetune import make_trainer
+
+    by_name, cinc = records
+    cfg = _cfg(tmp_path, "fs=100", "crop_seconds=20.48", "hop_seconds=10.24", "model.width=0.125", "epochs=1", "batch_size=16",
+               "sampling=balanced", "label_smoothing=0.1", "augment.scale=0.2", "augment.noise=0.05", "augment.wander=0.3",
+               "augment.stretch=0.1", "augment.flip=0.5", "device=cpu")
+    data = prepare_data(cfg, by_name, resolve_splits(cfg, tmp_path, by_name, cinc))
+    model, _ = build_model(cfg)
+    trainer = make_trainer(cfg, data, model, torch.device("cpu"), tmp_path, progress=False)
+    drawn = np.concatenate([y.numpy() for _, y in trainer.make_batches(0)])
+    assert len(drawn) == len(data.train_names)
+    share = np.bincount(drawn, minlength=4) / len(drawn)
+    natural = np.bincount(data.labels["train"], minlength=4) / len(data.labels["train"])
+    assert share.min() > 0.1 and natural.max() > 0.5 > share.max()  # N dominates the records, not the draws
+    state = trainer.fit()
+    assert state.round == 1 and np.isfinite(state.history[0]["train_loss"])

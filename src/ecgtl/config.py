@@ -9,7 +9,9 @@ outputs, so every number a run produced says how it was made.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -45,12 +47,50 @@ class OptimConfig:
     schedule: str = "constant"  # "constant" (the study) or "cosine" (with linear warm-up)
     warmup_epochs: float = 0.0
 
+    def __post_init__(self):
+        _choice("optim.name", self.name, ("adamw", "sgd"))
+        _choice("optim.schedule", self.schedule, ("constant", "cosine"))
+        _number("optim.lr", self.lr, 0, 10, lo_open=True, why="learning rate")
+        betas = self.betas
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ConfigError(f"optim.betas must be two numbers [beta1, beta2] (Adam's decay rates), got {betas!r}")
+        for i, b in enumerate(betas):
+            _number(f"optim.betas[{i}]", b, 0, 1, hi_open=True, why="Adam's decay rate")
+        _number("optim.eps", self.eps, 0, 1, lo_open=True, hi_open=True, why="Adam's denominator term")
+        _number("optim.momentum", self.momentum, 0, 1, hi_open=True, why="SGD momentum")
+        _number("optim.weight_decay", self.weight_decay, 0, 1)
+        _number("optim.warmup_epochs", self.warmup_epochs, 0, MAX_EPOCHS, unit="epochs")
+
 
 @dataclass
 class ModelConfig:
     name: str = "resnet18_postact"  # a registered model (ecgtl.models.list_models()) or an older alias (resnet18, resnet18v2)
     width: float = 1.0  # channel multiplier (0.25 -> 16..128 channels)
     drop_rate: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"model.name must name a registered model (e.g. resnet18_postact), got {self.name!r}")
+        _number("model.width", self.width, 0, MAX_WIDTH, lo_open=True, why="channel multiplier: 1.0 = 64..512 channels")
+        _number("model.drop_rate", self.drop_rate, 0, 1, hi_open=True, why="dropout probability before the head")
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time ECG augmentation (:class:`ecgtl.data.augment.EcgAugment`); 0 turns each off."""
+
+    scale: float = 0.0  # amplitude times U[1 - scale, 1 + scale]
+    flip: float = 0.0  # probability of inverting the sign
+    wander: float = 0.0  # baseline wander (0.05-0.5 Hz) up to this amplitude, normalised units
+    noise: float = 0.0  # white noise with a standard deviation up to this, normalised units
+    stretch: float = 0.0  # time stretch of the record by U[1 - stretch, 1 + stretch]
+
+    def __post_init__(self):
+        _number("augment.scale", self.scale, 0, 1, hi_open=True, why="relative amplitude change")
+        _number("augment.flip", self.flip, 0, 1, why="probability")
+        _number("augment.wander", self.wander, 0, 10, why="amplitude in normalised units")
+        _number("augment.noise", self.noise, 0, 10, why="standard deviation in normalised units")
+        _number("augment.stretch", self.stretch, 0, 1, hi_open=True, why="relative duration change")
 
 
 @dataclass
@@ -77,6 +117,11 @@ class FinetuneConfig:
     init: str | None = None  # pre-trained backbone (a model card JSON or .safetensors); None = random init
     freeze_epochs: int = 0  # train only the new head for this many epochs first
     class_weights: bool = False  # inverse-frequency weighted cross-entropy
+    sampling: str = "shuffle"  # "shuffle": each record once an epoch; "balanced": records drawn with equal class frequency
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ema_decay: float = 0.0  # exponential moving average of the weights, evaluated and kept (0: off; e.g. 0.995)
+    calibrate: bool = False  # per-class decision biases fitted on validation for macro-F1, stored in the card
     epochs: int = 200
     patience: int = 50  # early stopping on validation macro-F1
     batch_size: int = 64
@@ -90,12 +135,52 @@ class FinetuneConfig:
     bootstrap: int = 1000  # bootstrap replicates of the confidence intervals
 
     def __post_init__(self):
+        _text("data", self.data, "a CinC 2017 folder")
+        _text("labels", self.labels, "v3, original or a label file")
+        _text("out", self.out, "a run folder")
         _choice("input", self.input, ("crop", "paper"))
         _choice("normalization", self.normalization, ("train", "paper"))
-        _choice("optim.name", self.optim.name, ("adamw", "sgd"))
-        _choice("optim.schedule", self.optim.schedule, ("constant", "cosine"))
-        if not 0 < self.label_fraction <= 1:
-            raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        _sections(self, ModelConfig, OptimConfig)
+        _device(self.device)
+        _choice("sampling", self.sampling, ("shuffle", "balanced"))
+        _number("label_smoothing", self.label_smoothing, 0, 1, hi_open=True, why="probability mass spread over the classes")
+        _number("ema_decay", self.ema_decay, 0, 1, hi_open=True, why="0 = off, else the EMA's decay per optimiser step")
+        if not isinstance(self.augment, AugmentConfig):
+            raise ConfigError(f"augment must be a section of {', '.join(f.name for f in dataclasses.fields(AugmentConfig))}")
+        _integer("split_seed", self.split_seed, 0, MAX_SEED)
+        _integer("seed", self.seed, 0, MAX_SEED)
+        _number("test_fraction", self.test_fraction, 0, 1, lo_open=True, hi_open=True, why="fraction of the records held out for test")
+        _number("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True,
+                why="fraction of the records for validation: early stopping and model selection need some")
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ConfigError(f"test_fraction + val_fraction must be below 1 to leave training records, "
+                              f"got {self.test_fraction:g} + {self.val_fraction:g}")
+        _integer("folds", self.folds, 0, 100, why="0 = off, else k of k-fold cross-validation")
+        if self.folds == 1:
+            raise ConfigError("folds must be 0 (off) or at least 2 (k-fold cross-validation), got 1")
+        _integer("fold", self.fold, 0, None)
+        if self.folds and self.fold >= self.folds:
+            raise ConfigError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
+        if not self.folds and self.fold:
+            raise ConfigError(f"fold={self.fold} needs folds (k-fold cross-validation is off: folds=0); set folds=K")
+        _number("label_fraction", self.label_fraction, 0, 1, lo_open=True, why="fraction of the training records used")
+        _number("fs", self.fs, *FS_RANGE_HZ, unit="Hz", why="the model's input rate")
+        _number("crop_seconds", self.crop_seconds, 0, MAX_INPUT_SECONDS, lo_open=True, unit="s", why="training crop and test window")
+        _samples("crop_seconds", self.crop_seconds, self.fs)
+        _number("hop_seconds", self.hop_seconds, 0, self.crop_seconds, lo_open=True, unit="s",
+                why="hop of the test windows; at most crop_seconds, or samples are skipped")
+        if round(self.hop_seconds * self.fs) < 1:
+            raise ConfigError(f"hop_seconds={self.hop_seconds:g} s is less than one sample at fs={self.fs:g} Hz")
+        _integer("paper_samples", self.paper_samples, MIN_INPUT_SAMPLES, MAX_INPUT_SAMPLES, unit="samples",
+                 why="the paper input's length at fs")
+        _integer("freeze_epochs", self.freeze_epochs, 0, MAX_EPOCHS, unit="epochs")
+        _integer("epochs", self.epochs, 1, MAX_EPOCHS)
+        _integer("patience", self.patience, 1, None, why="epochs without a better validation score before stopping")
+        _integer("batch_size", self.batch_size, 1, MAX_BATCH)
+        _integer("eval_batch_size", self.eval_batch_size, 1, MAX_BATCH)
+        _integer("num_workers", self.num_workers, 0, MAX_WORKERS, why="data-loading processes; 0 = in the main process")
+        _integer("bootstrap", self.bootstrap, 0, 1_000_000, why="bootstrap replicates of the confidence intervals; 0 = off")
+        _warmup(self.optim, self.epochs, "epochs")
 
 
 @dataclass
@@ -127,11 +212,47 @@ class PretrainConfig:
     out: str = "runs/pretrain"
 
     def __post_init__(self):
+        _text("store", self.store, "a store folder (ecgtl prepare --out)")
+        _text("out", self.out, "a run folder")
         _choice("task", self.task, tuple(PRETEXT_TASKS))
-        _choice("optim.name", self.optim.name, ("adamw", "sgd"))
-        _choice("optim.schedule", self.optim.schedule, ("constant", "cosine"))
-        if not 0 < self.patient_fraction <= 1:
-            raise ConfigError(f"patient_fraction must be in (0, 1], got {self.patient_fraction}")
+        _sections(self, ModelConfig, OptimConfig)
+        _device(self.device)
+        if self.sources is not None and (not isinstance(self.sources, list) or not self.sources
+                                         or not all(isinstance(s, str) and s.strip() for s in self.sources)):
+            raise ConfigError(f"sources must list store sources (e.g. [icentia11k-wfdb, mitdb]) or be null for all, got {self.sources!r}")
+        _integer("seed", self.seed, 0, MAX_SEED)
+        _number("patient_fraction", self.patient_fraction, 0, 1, lo_open=True, why="fraction of the training patients")
+        _number("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True, why="fraction of the patients held out for validation")
+        _number("fs", self.fs, *FS_RANGE_HZ, unit="Hz", why="the model's input rate")
+        _integer("frame_samples", self.frame_samples, MIN_INPUT_SAMPLES, MAX_INPUT_SAMPLES, unit="samples",
+                 why=f"at fs; the model downsamples by 32 and needs at least {MIN_INPUT_SAMPLES}")
+        _integer("context_frames", self.context_frames, 1, 64, unit="frames", why="future task: frames before the predicted one")
+        if self.task == "future" and self.frame_samples * (self.context_frames + 1) > MAX_INPUT_SAMPLES:
+            raise ConfigError(f"frame_samples x (context_frames + 1) must be at most {MAX_INPUT_SAMPLES} samples (one input of "
+                              f"the future task), got {self.frame_samples} x {self.context_frames + 1}")
+        _integer("frames_per_patient", self.frames_per_patient, 1, 1_000_000, unit="frames", why="per training patient and round")
+        _integer("val_frames_per_patient", self.val_frames_per_patient, 1, 1_000_000, unit="frames")
+        _integer("rounds", self.rounds, 1, MAX_EPOCHS)
+        if self.checkpoint_every is not None:
+            _integer("checkpoint_every", self.checkpoint_every, 1, None, why="optimiser steps between checkpoints, or null: after each round")
+        if self.patience is not None:
+            _integer("patience", self.patience, 1, None, why="rounds without a better validation loss, or null: no early stopping")
+        _integer("batch_size", self.batch_size, 1, MAX_BATCH)
+        _integer("num_workers", self.num_workers, 0, MAX_WORKERS, why="data-loading processes; 0 = in the main process")
+        _warmup(self.optim, self.rounds, "rounds")
+
+
+# ----------------------------------------------------------------------------- validation
+FS_RANGE_HZ = (50.0, 1000.0)  # model input rates: the study uses 50-250 Hz; CinC 2017 is recorded at 300 Hz
+MIN_INPUT_SAMPLES = 256  # the ResNets downsample by 32 (8 time steps left); the STFT models need > 32 samples
+MAX_INPUT_SAMPLES = 1 << 20  # one Icentia11k segment (1,048,577 samples); longer inputs only exhaust memory
+MAX_INPUT_SECONDS = 300.0  # CinC 2017 records are 9-61 s
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_WORKERS = 256
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding accepts 0..2**32-1
+MAX_WIDTH = 16.0  # width 16 is 1,024..8,192 channels
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
 
 def _choice(key: str, value, allowed: tuple) -> None:
@@ -139,7 +260,110 @@ def _choice(key: str, value, allowed: tuple) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fmt(x) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _bounds(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        if not lo_open and not hi_open:
+            return f"between {_fmt(lo)} and {_fmt(hi)}"
+        return f"in {'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'greater than' if lo_open else 'at least'} {_fmt(lo)}"
+    return f"{'less than' if hi_open else 'at most'} {_fmt(hi)}"
+
+
+def _number(key: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False, unit: str = "", why: str = "") -> None:
+    """Refuse a value that is not a finite number within the bounds; the message names the key, the bounds and the unit."""
+    ok = _is_number(value) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        what = _bounds(lo, hi, lo_open, hi_open) if (lo is not None or hi is not None) else "a finite number"
+        raise ConfigError(f"{key} must be {what}{' ' + unit if unit else ''}{f' ({why})' if why else ''}, got {value!r}")
+
+
+def _integer(key: str, value, lo=None, hi=None, *, unit: str = "", why: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{key} must be a whole number{' of ' + unit if unit else ''}, got {value!r}")
+    _number(key, value, lo, hi, unit=unit, why=why)
+
+
+def _samples(key: str, seconds: float, fs: float) -> None:
+    n = int(round(seconds * fs))
+    if n < MIN_INPUT_SAMPLES:
+        raise ConfigError(f"{key}={seconds:g} s is {n} samples at fs={fs:g} Hz; the model needs at least {MIN_INPUT_SAMPLES} "
+                          f"samples ({MIN_INPUT_SAMPLES / fs:g} s at this rate)")
+
+
+def _text(key: str, value, what: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
+def _device(value) -> None:
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+
+def _sections(cfg, model_cls, optim_cls) -> None:
+    if not isinstance(cfg.model, model_cls):
+        raise ConfigError(f"model must be a section (model.name, model.width, ...), got {cfg.model!r}")
+    if not isinstance(cfg.optim, optim_cls):
+        raise ConfigError(f"optim must be a section (optim.lr, optim.name, ...), got {cfg.optim!r}")
+
+
+def _warmup(optim, total: int, unit: str) -> None:
+    if optim.schedule == "cosine" and optim.warmup_epochs > total:
+        raise ConfigError(f"optim.warmup_epochs ({optim.warmup_epochs:g}) exceeds {unit} ({total}): the learning rate would "
+                          f"never reach optim.lr; lower optim.warmup_epochs")
+
+
+_TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list"}
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """``value`` as type ``typ``; a value that cannot be converted is a :class:`ConfigError` naming ``key``."""
+    try:
+        return _convert(value, typ, key)
+    except (ValueError, TypeError, OverflowError):
+        optional = typ in (str | None, int | None, float | None, list | None)
+        base = {str | None: str, int | None: int, float | None: float, list | None: list}.get(typ, typ)
+        name = _TYPE_NAMES.get(base, getattr(base, "__name__", str(base)))
+        raise ConfigError(f"{key}: expected {name}{' or null' if optional else ''}, got {value!r}") from None
+
+
+def _to_int(value: Any, key: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(key)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            value = float(value)  # "1e3"
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{key}: expected a whole number, got {value}")
+        return int(value)
+    if isinstance(value, int):
+        return value
+    raise TypeError(key)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, (bool, dict, list, tuple)) or value is None:
+        raise TypeError(value)
+    return float(value)
+
+
+def _convert(value: Any, typ: Any, key: str) -> Any:
     origin = getattr(typ, "__origin__", None)
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
@@ -152,15 +376,18 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)  # YAML reads "2024" or "on" as a number or a boolean
     if origin is tuple:
-        return tuple(float(v) for v in value)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or len(items) != len(typ.__args__):
+            raise ConfigError(f"{key}: expected {len(typ.__args__)} numbers, e.g. [0.9, 0.98], got {value!r}")
+        return tuple(_to_float(v) for v in items)
     if typ == (list | None) or typ is list:
+        if isinstance(value, dict):
+            raise TypeError(value)
         return list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
     if typ is float or typ == (float | None):
-        return float(value)
+        return _to_float(value)
     if typ is int or typ == (int | None):
-        if isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{key}: expected an integer, got {value}")
-        return int(value)
+        return _to_int(value, key)
     if typ is bool:
         if isinstance(value, str):
             if value.lower() in ("true", "1", "yes"):
@@ -168,7 +395,9 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             if value.lower() in ("false", "0", "no"):
                 return False
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return bool(value)
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
     return value
 
 
@@ -274,19 +503,34 @@ RESUMABLE_CHANGES = {"epochs", "rounds", "checkpoint_every", "patience", "out", 
 
 
 def save_or_check_config(cfg, path: str | os.PathLike, canonical=None) -> None:
-    """Write the run's config, or, when resuming into a folder that has one, refuse a different run.
+    """Write the run's config, or, when the run folder already holds a run, refuse a different one.
 
-    Resuming a checkpoint under other settings would mix two experiments in one result; only
-    the fields of :data:`RESUMABLE_CHANGES` may differ (e.g. more epochs). Fields the saved
-    config lacks (added in a later version) count as their defaults; ``canonical(dict)`` may
-    rewrite both sides before the comparison (e.g. an older model name to its current one).
+    A run folder belongs to one configuration as soon as it holds anything that run made
+    besides ``config.yaml`` (a checkpoint, but also ``splits.json`` or a training-set record
+    written before the first checkpoint, weights, logs): rerunning there under other
+    settings would mix two experiments in one result, or reuse state made for the old
+    settings while ``config.yaml`` claims the new ones. Only the fields of
+    :data:`RESUMABLE_CHANGES` may differ (e.g. more epochs). A folder with ``config.yaml``
+    alone holds nothing of the old run, so the new config simply replaces it. Fields the
+    saved config lacks (added in a later version) count as their defaults; ``canonical(dict)``
+    may rewrite both sides before the comparison (e.g. an older model name to its current one).
     """
     path = Path(path)
     canonical = canonical or (lambda d: d)
     new = canonical(_plain(to_dict(cfg)))
-    if path.is_file() and any(path.parent.glob("checkpoint.pt")):
+    # leftovers of a killed atomic write (".name.XXXX.tmp") are no state of a run
+    state = [p.name for p in path.parent.iterdir() if p.name != path.name and not (p.name.startswith(".") and p.name.endswith(".tmp"))] \
+        if path.parent.is_dir() else []
+    if path.is_file() and state:
+        try:
+            saved = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: unreadable run config ({type(exc).__name__}); this folder holds a run "
+                              f"({', '.join(sorted(state)[:3])}): use another --out, or delete the folder to start over") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{path}: not a run config (expected a mapping); use another --out, or delete the folder to start over")
         old = _plain(to_dict(type(cfg)()))
-        _merge(old, yaml.safe_load(path.read_text()) or {})
+        _merge(old, saved)
         old = canonical(old)
         changed = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
         if changed:

@@ -121,7 +121,7 @@ def run_transfer(work: Path, runs: Path, preset: str, label_fractions, seeds, pr
     """Steps 5-7: pre-train (beat task), fine-tune random vs pre-trained, compare."""
     from ecgtl.config import FinetuneConfig, PretrainConfig, load_config
     from ecgtl.experiments.compare import compare
-    from ecgtl.train.finetune import run_finetune
+    from ecgtl.train.finetune import read_labelled_records, resolve_splits, run_finetune
     from ecgtl.train.pretrain import run_pretrain
 
     model_override = [f"model.name={model}"] if model else []
@@ -135,20 +135,20 @@ def run_transfer(work: Path, runs: Path, preset: str, label_fractions, seeds, pr
     run_pretrain(pre, progress=progress)
     data = work / "raw" / "challenge-2017" / "1.0.0" / "training2017"
     splits = runs / "splits.json"
+    if not splits.is_file():  # one split for every run of the comparison, made once, so a rerun resumes each run as it was
+        split_cfg = load_config(FinetuneConfig, preset, "finetune", [f"data={data}", f"out={runs}", *model_override])
+        resolve_splits(split_cfg, runs, *read_labelled_records(split_cfg, progress))
     finetuned = {}
     for fraction in label_fractions:
         for seed in seeds:
             for init in ("random", "pretrained"):
                 name = f"{init}-labels{fraction:g}-seed{seed}"
                 print(f"[6/7] finetune {name}")
-                overrides = [f"data={data}", f"out={runs / name}", f"seed={seed}", f"label_fraction={fraction}", *model_override]
-                if splits.is_file():
-                    overrides.append(f"splits={splits}")
+                overrides = [f"data={data}", f"out={runs / name}", f"seed={seed}", f"label_fraction={fraction}", f"splits={splits}",
+                             *model_override]
                 if init == "pretrained":
                     overrides.append(f"init={pre_dir / 'model.json'}")
                 run_finetune(load_config(FinetuneConfig, preset, "finetune", overrides), progress=progress)
-                if not splits.is_file():  # every run of the comparison uses the first run's split
-                    shutil.copyfile(runs / name / "splits.json", splits)
                 finetuned[name] = runs / name
     print("[7/7] compare")
     result = compare(finetuned, runs)

@@ -3,13 +3,20 @@
 A folder in this layout holds ``RECORDS``, a label file (``REFERENCE.csv``, or the
 relabelled ``REFERENCE-v3.csv``, with or without a header line) and one
 ``<name>.mat`` + ``<name>.hea`` pair per record (WFDB, 300 Hz, int16,
-1000 adu/mV). Signals are returned in mV, computed from the header's gain and
-baseline.
+1000 adu/mV). Signals are returned in mV, computed from the header's gain,
+baseline and unit, and refused when their amplitude is not that of an ECG in mV.
+
+Labels come from the folder itself, or from a label file the caller names. The one
+exception is PhysioNet's own layout, ``challenge-2017/1.0.0/training2017/`` with the v3
+labels in ``1.0.0/REFERENCE-v3.csv``: for a folder named ``training2017`` and
+``labels="v3"`` the parent's file is used, and the choice is logged and kept in
+:attr:`Cinc2017.label_file`.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,11 +31,15 @@ from ecgtl.data.annotations import BeatAnnotations
 from ecgtl.data.recording import Segment
 from ecgtl.data.splits import load_splits
 from ecgtl.data.transforms import resample
-from ecgtl.data.wfdb_io import check_signal, read_header
+from ecgtl.data.wfdb_io import check_millivolts, check_signal, read_header, unit_to_mv
 from ecgtl.errors import DataError
 from ecgtl.signal.qrs import detect_beats
 
+log = logging.getLogger(__name__)
+
 LABEL_FILES = ("REFERENCE-v3.csv", "REFERENCE.csv")
+#: PhysioNet's folder of the training records; its parent holds REFERENCE-v3.csv.
+PHYSIONET_FOLDER = "training2017"
 
 
 @dataclass(frozen=True)
@@ -50,24 +61,40 @@ class CincRecord:
 
 
 def find_label_file(folder: str | os.PathLike, labels: str = "v3") -> Path | None:
-    """Locate the label file for ``folder``.
+    """Locate the label file for ``folder``; which one was chosen is logged.
 
-    ``labels`` is ``"v3"`` (the relabelled classes, looked up in the folder and
-    its parent, where PhysioNet keeps it), ``"original"`` (``REFERENCE.csv``) or
-    a path. ``v3`` falls back to ``REFERENCE.csv`` when no v3 file exists.
-    Returns None when the folder has no labels at all (unlabelled data).
+    ``labels`` is a path (used as given), ``"original"`` (the folder's ``REFERENCE.csv``) or
+    ``"v3"``: the folder's ``REFERENCE-v3.csv``; for PhysioNet's layout (a folder named
+    ``training2017``) the ``REFERENCE-v3.csv`` of its parent; else the folder's
+    ``REFERENCE.csv``. A label file in the parent of any other folder is never used (it may
+    label other records: a folder of a few test records inside a data folder); a warning
+    names it, to pass as ``labels=PATH``. Returns None when the folder has no labels.
     """
     folder = Path(folder)
     if labels not in ("v3", "original"):
         path = Path(labels)
         if not path.is_file():
             raise DataError(path, "label file not found")
+        log.info("%s: labels from %s (given)", folder, path)
         return path
-    names = LABEL_FILES if labels == "v3" else LABEL_FILES[1:]
-    for name in names:
-        for place in (folder, folder.parent):
-            if (place / name).is_file():
-                return place / name
+    physionet = labels == "v3" and folder.absolute().name == PHYSIONET_FOLDER
+    candidates = [folder / "REFERENCE-v3.csv"] if labels == "v3" else []
+    if physionet:
+        candidates.append(folder.absolute().parent / "REFERENCE-v3.csv")
+    candidates.append(folder / "REFERENCE.csv")
+    for path in candidates:
+        if path.is_file():
+            if path.parent != folder:
+                log.info("%s: labels from %s (PhysioNet layout: the v3 labels sit next to %s/)", folder, path, PHYSIONET_FOLDER)
+            elif labels == "v3" and path.name == "REFERENCE.csv":
+                log.info("%s: labels from %s (the folder has no REFERENCE-v3.csv)", folder, path)
+            else:
+                log.info("%s: labels from %s", folder, path)
+            return path
+    outside = [folder.absolute().parent / n for n in LABEL_FILES if (folder.absolute().parent / n).is_file()]
+    if outside:
+        log.warning("%s: no label file in the folder; %s in its parent folder is not used (it may label other records): "
+                    "pass it explicitly (--labels %s) if it labels these", folder, outside[0], outside[0])
     return None
 
 
@@ -92,10 +119,17 @@ def read_labels(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
-def read_record(folder: str | os.PathLike, name: str, label: str | None = None) -> CincRecord:
-    """Read ``<folder>/<name>.hea`` + ``.mat`` into a :class:`CincRecord` (signal in mV)."""
+def read_record(folder: str | os.PathLike, name: str, label: str | None = None, channel: int = 0) -> CincRecord:
+    """Read ``<folder>/<name>.hea`` + ``.mat`` into a :class:`CincRecord` (lead ``channel``, in mV).
+
+    The amplitude is checked (:func:`~ecgtl.data.wfdb_io.check_millivolts`): a header whose
+    gain or unit is wrong gives values that are not mV, refused with a :class:`DataError`.
+    """
     record = os.path.join(os.fspath(folder), name)
     header = read_header(record)
+    if not 0 <= channel < header.n_sig:
+        raise DataError(record + ".hea", f"lead {channel} requested, the record has {header.n_sig} "
+                                         f"({', '.join(header.sig_name)})")
     mat = os.path.join(os.path.dirname(record), header.file_name[0])
     if not os.path.isfile(mat):
         raise DataError(mat, "signal file not found")
@@ -112,8 +146,13 @@ def read_record(folder: str | os.PathLike, name: str, label: str | None = None) 
         raise DataError(mat, f"signal has {val.shape[0]} channel(s), header {header.n_sig}")
     if val.shape[1] != header.sig_len:
         raise DataError(mat, f"signal has {val.shape[1]} samples, header promises {header.sig_len} (truncated?)")
-    signal = ((val[0].astype(np.float32) - header.baseline[0]) / np.float32(header.adc_gain[0])).astype(np.float32)
+    signal = ((val[channel].astype(np.float32) - header.baseline[channel]) / np.float32(header.adc_gain[channel])).astype(np.float32)
+    lead = header.sig_name[channel] if channel < len(header.sig_name) else str(channel)
+    scale = unit_to_mv(header.units[channel] if channel < len(header.units) else None, record + ".hea", lead)
+    if scale != 1.0:
+        signal = (signal * np.float32(scale)).astype(np.float32)
     check_signal(signal, mat)
+    check_millivolts(signal, mat, fix=f"check the gain and unit of {name}.hea (CinC 2017: 1000/mV)")
     return CincRecord(name=name, signal=signal, fs=header.fs, label=label)
 
 

@@ -5,7 +5,8 @@ resampled to the model's rate) and kept in memory as float32 arrays (all 8,528
 records at 250 Hz take about 250 MB). The datasets then only cut them:
 
 - :class:`CincCropDataset` -- training: a random crop of ``crop_samples`` per
-  record, a new one each epoch (:meth:`~CincCropDataset.set_epoch`);
+  record, a new one each epoch (:meth:`~CincCropDataset.set_epoch`), optionally
+  augmented (:class:`~ecgtl.data.augment.EcgAugment`);
 - :class:`CincPaperDataset` -- the authors' fixed input: the last ``length``
   samples, zero-padded at the front;
 - :class:`CincWindowDataset` -- evaluation: every sliding window of every
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ecgtl.constants import CINC_CLASSES, CINC_FS_HZ, PAPER_FINETUNE_SAMPLES
+from ecgtl.data.augment import EcgAugment
 from ecgtl.data.transforms import Normalization, paper_pad_or_crop, random_crop, resample, take_window, window_starts
 
 __all__ = [
@@ -126,20 +128,25 @@ class CincCropDataset(_CincBase):
     ``persistent_workers=False``, so that workers see the new epoch).
     """
 
-    def __init__(self, signals: Sequence[np.ndarray], labels: Sequence[Any] | None, crop_samples: int, seed: int = 0):
+    def __init__(self, signals: Sequence[np.ndarray], labels: Sequence[Any] | None, crop_samples: int, seed: int = 0,
+                 augment: EcgAugment | None = None):
         super().__init__(signals, labels)
         if int(crop_samples) != crop_samples or crop_samples <= 0:
             raise ValueError(f"crop_samples must be a positive whole number, got {crop_samples!r}")
         self.crop_samples = int(crop_samples)
         self.seed = int(seed)
         self.epoch = 0
+        self.augment = augment if augment is not None and augment.active else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-        return _item(random_crop(self.signals[i], self.crop_samples, rng)), int(self.labels[i])
+        if self.augment is None:
+            return _item(random_crop(self.signals[i], self.crop_samples, rng)), int(self.labels[i])
+        crop = random_crop(self.augment.stretch_record(self.signals[i], rng), self.crop_samples, rng)
+        return _item(self.augment(crop, rng)), int(self.labels[i])
 
 
 class CincPaperDataset(_CincBase):

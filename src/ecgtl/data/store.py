@@ -21,16 +21,21 @@ resumable: a patient is written to a hidden temporary folder and renamed into
 place when complete, so after a kill the finished patients are kept and a
 half-written one is never visible. A reader that fails (corrupt or truncated
 file) is listed in the manifest's ``failures`` with the reason and the run goes on.
+One prepare writes a store at a time: it holds an exclusive lock on ``.prepare.lock``
+in the store (released by the system however the process ends), and a second one is
+refused with a message naming the first one's pid, so the manifest never misses a
+patient that another writer put on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,9 +50,15 @@ from ecgtl.data.recording import PatientReader
 from ecgtl.errors import DataError, EcgtlError
 from ecgtl.fileio import atomic_write
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None
+
 STORE_FORMAT = "ecgtl-store"
 STORE_VERSION = 1
 SIGNAL_FILE, ANNOTATIONS_FILE, META_FILE, MANIFEST_FILE = "signal.int16", "annotations.npz", "meta.json", "manifest.json"
+LOCK_FILE = ".prepare.lock"
 
 
 def patient_folder(root: str | os.PathLike, patient_id: str) -> Path:
@@ -159,9 +170,60 @@ def prepare(root: str | os.PathLike, jobs: Sequence[tuple[str, Callable[[], Pati
     Already prepared patients are kept (resume); leftovers of a killed run are
     removed; failures are recorded in the manifest and retried on the next run.
     ``reader_factory`` must be picklable when ``workers > 1`` (a process each).
+    Raises :class:`DataError` naming the store when it cannot be written or while
+    another prepare writes it.
     """
     root = Path(root)
-    (root / "patients").mkdir(parents=True, exist_ok=True)
+    _writable_store(root)
+    with store_lock(root):
+        return _prepare_locked(root, jobs, workers, progress)
+
+
+def _writable_store(root: Path) -> None:
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent  # exists() is False below a file too: the walk stops at it
+    if existing.exists() and not existing.is_dir():
+        raise DataError(existing, "is a file, not a folder; give a folder as the store (--out)")
+    try:
+        (root / "patients").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(exc.filename or root, f"cannot write the store here ({exc.strerror or exc}); "
+                                              "give a writable folder as --out") from None
+
+
+@contextlib.contextmanager
+def store_lock(root: str | os.PathLike) -> Iterator[None]:
+    """Hold the store's writer lock, or raise :class:`DataError` if another process holds it."""
+    root = Path(root)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    path = root / LOCK_FILE
+    try:
+        fh = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:
+        raise DataError(path, f"cannot create the store's lock file ({exc.strerror}); give a writable folder as --out") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            raise DataError(root, f"another `ecgtl prepare` is writing to this store (pid {pid}); "
+                                  "wait for it to finish or use another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _prepare_locked(root: Path, jobs: Sequence[tuple[str, Callable[[], PatientReader]]], workers: int,
+                    progress: bool) -> PrepareReport:
     for leftover in (root / "patients").glob("*/.tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     t0 = time.perf_counter()
@@ -199,7 +261,10 @@ def prepare(root: str | os.PathLike, jobs: Sequence[tuple[str, Callable[[], Pati
                     record(*fut.result())
     finally:
         bar.close()
-        write_manifest(root, list(metas.values()), list(previous_failures.values()) + failures)
+        # The patient folders are the truth: anything on disk is listed, whoever wrote it.
+        metas.update((m["patient_id"], m) for m in _scan_patients(root))
+        write_manifest(root, list(metas.values()),
+                       [f for f in list(previous_failures.values()) + failures if f["patient_id"] not in metas])
     return PrepareReport(prepared, skipped, failures, time.perf_counter() - t0)
 
 

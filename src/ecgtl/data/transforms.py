@@ -54,18 +54,26 @@ def _positive_int(value: int, what: str) -> int:
 
 
 # ----------------------------------------------------------------------------- sampling rate
+#: Largest up- or down-sampling factor :func:`resample` accepts (300 Hz -> 50 Hz is 6; 50 -> 1000 Hz is 20).
+MAX_RESAMPLE_FACTOR = 1000
+
+
 def resample_factors(fs_in: float, fs_out: float) -> tuple[int, int]:
     """``(up, down)`` of the polyphase resampler from ``fs_in`` Hz to ``fs_out`` Hz.
 
     The ratio ``fs_out / fs_in`` is approximated by a fraction with a
     denominator of at most 1000 (exact for all the rates of the study:
-    300 -> 250 Hz is 5/6, 300 -> 125 Hz is 5/12, 300 -> 50 Hz is 1/6).
+    300 -> 250 Hz is 5/6, 300 -> 125 Hz is 5/12, 300 -> 50 Hz is 1/6). A ratio
+    beyond 1000 either way (a wrong rate) is a ``ValueError``, not a huge allocation.
     """
     if not (fs_in > 0 and fs_out > 0 and math.isfinite(fs_in) and math.isfinite(fs_out)):
         raise ValueError(f"sampling rates must be positive and finite, got fs_in={fs_in!r} Hz, fs_out={fs_out!r} Hz")
-    ratio = Fraction(float(fs_out) / float(fs_in)).limit_denominator(1000)
+    ratio = Fraction(float(fs_out) / float(fs_in)).limit_denominator(MAX_RESAMPLE_FACTOR)
     if ratio == 0:
-        raise ValueError(f"resampling ratio {fs_out}/{fs_in} Hz is too small to represent (< 1/1000)")
+        raise ValueError(f"resampling ratio {fs_out}/{fs_in} Hz is too small to represent (< 1/{MAX_RESAMPLE_FACTOR})")
+    if ratio > MAX_RESAMPLE_FACTOR:  # e.g. a rate given as 1e-9 Hz: the output would need terabytes
+        raise ValueError(f"resampling {fs_in!r} Hz -> {fs_out!r} Hz multiplies the samples by {float(ratio):.3g} "
+                         f"(more than {MAX_RESAMPLE_FACTOR}): is a sampling rate wrong?")
     return ratio.numerator, ratio.denominator
 
 

@@ -101,6 +101,87 @@ def check_signal(signal: np.ndarray, path: str | os.PathLike, *, min_std: float 
         raise DataError(path, "flat signal (no variation): lead off or empty recording")
 
 
+# Amplitude of an ECG in mV, measured on the real data of ../shared/data (the margins are checked by
+# tests/test_reliability_inputs.py::test_amplitude_bounds_pass_every_real_record_with_margin): the robust
+# spread (1st-99th percentile range) of all 7,248 CinC 2017 records is 0.187-8.85 mV, of MIT-BIH, SVDB,
+# AFTDB and Icentia11k patient 0 (every lead) 0.22-7.02 mV; the largest |x - median| is 10.7 mV.
+MV_SPREAD_RANGE = (0.05, 20.0)  # mV: 3.7x below the smallest real spread, 2.3x above the largest
+MV_PEAK_MAX = 100.0  # mV: 9x the largest real excursion (a 16-bit CinC record saturates at 32.8 mV)
+#: Sampling rates a recording may have (Hz): below 50 Hz a QRS complex is not resolved.
+ECG_FS_RANGE_HZ = (50.0, 20000.0)
+#: Physical units of a voltage -> factor to mV (WFDB headers; case-insensitive).
+_UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "\u00b5v": 1e-3, "\u03bcv": 1e-3, "microvolt": 1e-3,
+               "microvolts": 1e-3, "v": 1e3, "volt": 1e3, "volts": 1e3, "nv": 1e-6}
+
+
+def unit_to_mv(unit: str | None, path: str | os.PathLike, lead: str = "") -> float:
+    """Factor from a signal's physical ``unit`` to mV; a unit that is not a voltage is a :class:`DataError`.
+
+    WFDB's default unit (none written in the header) is mV.
+    """
+    key = (unit or "mV").strip().lower()
+    if key not in _UNIT_TO_MV:
+        raise DataError(path, f"{'lead ' + repr(lead) + ' has ' if lead else ''}unit {unit!r}, not a voltage (mV, uV or V): "
+                              "not an ECG lead? choose an ECG lead with --lead")
+    return _UNIT_TO_MV[key]
+
+
+def check_fs(fs, path: str | os.PathLike | None, what: str = "sampling frequency") -> float:
+    """Refuse a sampling rate no ECG has (non-finite, <= 0, below 50 Hz or above 20 kHz); return it as float."""
+    lo, hi = ECG_FS_RANGE_HZ
+    try:
+        value = float(fs)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (lo <= value <= hi):  # also NaN
+        raise DataError(path, f"{what} {fs!r} Hz is outside {lo:g}-{hi:g} Hz, the range of ECG recorders: "
+                              "give the rate in Hz (e.g. --fs 300)")
+    return value
+
+
+def amplitude_mv(signal: np.ndarray) -> tuple[float, float]:
+    """``(spread, peak)`` of a signal in mV: the 1st-99th percentile range, and the largest ``|x - median|``."""
+    x = np.asarray(signal, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(x)):
+        x = x[np.isfinite(x)]
+    n = x.shape[0]
+    if n == 0:
+        return float("nan"), float("nan")
+    lo_k, mid_k, hi_k = int(0.01 * (n - 1)), (n - 1) // 2, int(np.ceil(0.99 * (n - 1)))
+    part = np.partition(x, (lo_k, mid_k, hi_k))  # one O(n) pass instead of three percentiles
+    median = part[mid_k]
+    return float(part[hi_k] - part[lo_k]), float(max(part[-1] - median, median - part[0]))
+
+
+def check_millivolts(signal: np.ndarray, path: str | os.PathLike | None, fix: str = "pass --gain ADU_PER_MV") -> None:
+    """Refuse a signal that is not an ECG in mV: a time or index column (monotonic values), or an amplitude
+    that is not an ECG's in mV (raw ADC counts, uV, V, placeholder values).
+
+    ``fix`` says how to correct the unit where the signal came from (a command-line option, a
+    header's gain). Bounds: :data:`MV_SPREAD_RANGE` on the robust spread, :data:`MV_PEAK_MAX` on
+    the peak; both are far outside every real record (see the comment above them).
+    """
+    if signal.size < 2:
+        return
+    step = np.diff(np.asarray(signal, dtype=np.float64))
+    if np.all(step >= 0) or np.all(step <= 0):  # checked first: its amplitude would pass for a wrong unit
+        raise DataError(path, "the values only rise (or only fall): a time or sample-index column, not an ECG; "
+                              "choose the ECG lead or column with --lead")
+    spread, peak = amplitude_mv(signal)
+    lo, hi = MV_SPREAD_RANGE
+    if spread > hi:
+        raise DataError(path, f"amplitude {spread:.4g} (1st-99th percentile range) is far above an ECG's in mV "
+                              f"(0.2-9 mV; refused above {hi:g}): the values look like raw ADC counts or uV, not mV; {fix}")
+    if spread < lo:
+        raise DataError(path, f"amplitude {spread:.3g} (1st-99th percentile range) is far below an ECG's in mV "
+                              f"(0.2-9 mV; refused below {lo:g}): the values look like volts, not mV ({fix}; "
+                              "for volts the gain is 0.001), or the lead is off")
+    if peak > MV_PEAK_MAX:
+        n_bad = int(np.count_nonzero(np.abs(np.asarray(signal, np.float64) - np.median(signal)) > MV_PEAK_MAX))
+        raise DataError(path, f"{n_bad} sample(s) reach {peak:.4g} mV from the baseline, absurd for an ECG (refused above "
+                              f"{MV_PEAK_MAX:g} mV): placeholder values (e.g. -32768, 9999) or a wrong unit; remove them or {fix}")
+
+
 def read_digital(record: str | os.PathLike, channel: int = 0, header: Header | None = None) -> tuple[np.ndarray, Header]:
     """Read one channel as stored (int16 adu) after checking the header and the file size.
 
@@ -142,6 +223,14 @@ def read_annotations(record: str | os.PathLike, extension: str = "atr") -> RawAn
     path = f"{record}.{extension}"
     if not os.path.isfile(path):
         raise DataError(path, "annotation file not found")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise DataError(path, "empty annotation file (0 bytes): an interrupted download or copy? fetch it again")
+    with open(path, "rb") as fh:  # a WFDB (MIT format) annotation file is 16-bit words ending with the word 0
+        fh.seek(max(0, size - 2))
+        tail = fh.read(2)
+    if size % 2 or tail != b"\x00\x00":
+        raise DataError(path, f"truncated annotation file ({size} bytes, no end-of-file marker): fetch it again")
     try:
         ann = wfdb.rdann(record, extension)
     except Exception as exc:

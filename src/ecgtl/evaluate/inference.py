@@ -39,12 +39,25 @@ def find_card(checkpoint: str | os.PathLike) -> Path:
     return p
 
 
+def check_probabilities(probs: np.ndarray, source: str | os.PathLike | None) -> np.ndarray:
+    """Refuse non-finite class probabilities: NaN must never become a class (``argmax`` of NaN is class 0)."""
+    bad = ~np.all(np.isfinite(probs), axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(source, f"the model gave non-finite (NaN/inf) probabilities for {len(rows)} of {len(probs)} "
+                                f"recording(s) (e.g. #{', #'.join(map(str, rows[:3]))}), so no class can be given: its weights "
+                                "are corrupt or diverged, or an input is far out of range (recordings must be in mV: see --gain)")
+    return probs
+
+
 @torch.no_grad()
-def predict_dataset(model: torch.nn.Module, dataset, batch_size: int, device: torch.device) -> np.ndarray:
+def predict_dataset(model: torch.nn.Module, dataset, batch_size: int, device: torch.device,
+                    source: str | os.PathLike | None = None) -> np.ndarray:
     """Per-record class probabilities, shape (n_records, n_classes), in float32 (no autocast).
 
     ``dataset`` yields ``(x, record_index)``: sliding windows (:class:`CincWindowDataset`, whose
-    window probabilities are averaged per record) or one input per record.
+    window probabilities are averaged per record) or one input per record. Non-finite
+    probabilities raise a :class:`DataError` naming ``source`` (the model's card or run folder).
     """
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -54,9 +67,9 @@ def predict_dataset(model: torch.nn.Module, dataset, batch_size: int, device: to
         index.append(np.asarray(idx))
     probs, index = np.concatenate(probs), np.concatenate(index)
     if isinstance(dataset, CincWindowDataset):
-        return aggregate_windows(probs, dataset.record_index, dataset.n_records)
+        return check_probabilities(aggregate_windows(probs, dataset.record_index, dataset.n_records), source)
     order = np.argsort(index, kind="stable")
-    return probs[order]
+    return check_probabilities(probs[order], source)
 
 
 class RecordIndexDataset(torch.utils.data.Dataset):
@@ -86,7 +99,7 @@ class Classifier:
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", batch_size: int = 128):
         path = find_card(checkpoint)
-        self.card = read_card(path)
+        self.card = read_card(path)  # the weights are checked against the card by model_from_card
         if self.card.get("task") != "cinc2017" or int(self.card.get("num_classes", 0)) < 2:
             raise DataError(path, f"not a fine-tuned classifier (task {self.card.get('task')!r}); "
                                   "pre-trained backbones are used through `ecgtl finetune --init`")
@@ -113,35 +126,40 @@ class Classifier:
         return self.paper_samples if self.input == "paper" else self.window
 
     def predict_proba(self, signals: list[np.ndarray], fs: float | list[float]) -> np.ndarray:
-        """Class probabilities, shape (n_recordings, n_classes)."""
+        """Class probabilities, shape (n_recordings, n_classes); all finite (else a :class:`DataError` naming the card)."""
         ds = inference_dataset(self.preprocess(signals, fs), self.input, self.window, self.hop, self.paper_samples)
-        return predict_dataset(self.model, ds, self.batch_size, self.device)
+        return predict_dataset(self.model, ds, self.batch_size, self.device, source=self.card["_card_path"])
 
 
 def check_recording(signal: np.ndarray, fs: float, source: str) -> np.ndarray:
-    """Refuse what the model must not see: wrong shape, non-finite values, too short, flat."""
+    """Refuse what the model must not see, naming ``source``: not one lead, not real numbers, non-finite values,
+    a rate no ECG has, too short, flat, a time or index column, an amplitude that is not mV."""
+    from ecgtl.data.wfdb_io import check_fs, check_millivolts
+
     signal = np.asarray(signal)
     if signal.ndim == 2 and 1 in signal.shape:
         signal = signal.reshape(-1)
     if signal.ndim != 1:
         raise DataError(source, f"expected a single-lead recording (1-D), got shape {signal.shape}; choose a lead with --lead")
-    if not np.issubdtype(signal.dtype, np.number):
-        raise DataError(source, f"signal is not numeric (dtype {signal.dtype})")
-    signal = signal.astype(np.float32)
-    if not np.all(np.isfinite(signal)):
-        raise DataError(source, f"signal has {int(np.sum(~np.isfinite(signal)))} non-finite (NaN/inf) samples")
-    if not fs or fs <= 0:
-        raise DataError(source, f"invalid sampling frequency {fs!r} Hz")
+    if signal.dtype.kind not in "iuf":
+        raise DataError(source, f"signal is not real numbers (dtype {signal.dtype})")
+    finite = np.isfinite(signal)
+    if not np.all(finite):
+        raise DataError(source, f"signal has {int(np.sum(~finite))} non-finite (NaN/inf) samples")
+    fs = check_fs(fs, source)
     seconds = len(signal) / fs
     if seconds < MIN_SECONDS:
         raise DataError(source, f"recording too short: {seconds:.2f} s at {fs:g} Hz (at least {MIN_SECONDS:g} s needed)")
-    if float(np.std(signal)) < 1e-6:
+    signal64 = signal.astype(np.float64)
+    if float(np.std(signal64)) < 1e-6:
         raise DataError(source, "flat signal (no variation)")
-    return signal
+    check_millivolts(signal64, source, fix="pass --gain ADU_PER_MV for values in raw units (0.001 for volts)")
+    return signal.astype(np.float32)
 
 
 def write_predictions(path: str | os.PathLike, names, labels, probs: np.ndarray) -> None:
     """Per-record predictions as CSV (record, label or empty when ``label < 0``, prediction, one probability per class), atomically."""
+    check_probabilities(np.asarray(probs), path)
     text = io.StringIO()
     w = csv.writer(text)
     w.writerow(["record", "label", "prediction", *[f"p_{c}" for c in CINC_CLASSES]])

@@ -4,7 +4,8 @@ Training runs in *rounds* (an epoch when fine-tuning, N steps when pre-training)
 is fully determined by ``(seed, round)``: the caller's ``make_batches(round)`` must draw its
 data from that, and the engine seeds torch/numpy/random from it before the round. After
 every round the engine evaluates, logs a CSV row (and TensorBoard if installed), keeps the
-best weights (``best.safetensors``) and writes a checkpoint atomically. So a run killed at
+best weights (``best.safetensors``, whose SHA-256 the checkpoint records, so readers of the
+finished run can check they read that file) and writes a checkpoint atomically. So a run killed at
 any moment resumes from its last checkpoint and ends with the same weights as an
 uninterrupted run with the same seed.
 
@@ -13,12 +14,17 @@ non-deterministic unless ``torch.use_deterministic_algorithms(True)`` is set, so
 GPU run matches an uninterrupted one only statistically.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: they hold only tensors and
-plain Python values, never pickled objects.
+plain Python values, never pickled objects, plus a digest of their content, so a truncated
+or bit-flipped checkpoint is refused on resume (never silently used, never silently
+replaced by a fresh start). A write that fails (a full disk) leaves the previous file
+intact and stops the run with a :class:`~ecgtl.errors.DataError` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -34,12 +40,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ecgtl.errors import ConfigError
+from ecgtl.errors import ConfigError, DataError
 from ecgtl.fileio import atomic_write
-from ecgtl.models.card import save_weights
+from ecgtl.models.card import file_sha256, save_weights
 from ecgtl.runtime import unwrap
 
 CHECKPOINT_FILE, BEST_FILE, METRICS_FILE = "checkpoint.pt", "best.safetensors", "metrics.csv"
+# new best weights wait here until the checkpoint that records their hash is written (see Trainer._end_round)
+BEST_PENDING_FILE = "best-pending.safetensors"
 
 
 def seed_everything(seed: int) -> None:
@@ -94,12 +102,62 @@ class TrainState:
     round_batches: int = 0  # batches done in the unfinished round (a mid-round checkpoint)
     round_loss_sum: float = 0.0
     round_items: int = 0
+    best_sha256: str = ""  # of the best weights file this run wrote (readers check they read that file)
+
+
+@contextlib.contextmanager
+def write_guard(path: str | os.PathLike):
+    """Turn an operating-system error while writing run outputs (a full disk, no permission) into a
+    :class:`DataError` naming the file; the atomic writer has left the previous version in place."""
+    try:
+        yield
+    except FileNotFoundError:  # a missing input, not a failed write
+        raise
+    except OSError as exc:
+        target = exc.filename or path
+        raise DataError(target, f"could not write ({exc.strerror or exc}); the previous version of the file, if any, "
+                                "is unchanged, so no finished round is lost: free disk space (or use another --out) "
+                                "and rerun the same command to resume") from exc
+
+
+def _content_digest(obj, h=None) -> str:
+    """SHA-256 over a checkpoint's tensors (dtype, shape, bytes) and plain values, in a fixed order."""
+    h = h or hashlib.sha256()
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _content_digest(obj[k], h)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj:
+            _content_digest(v, h)
+        h.update(b"]")
+    else:
+        h.update(repr(obj).encode())
+    return h.hexdigest()
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
     buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write(path, buf.getvalue())
+    torch.save({**obj, "digest": _content_digest(obj)}, buf)
+    with write_guard(path):
+        atomic_write(path, buf.getvalue())
+
+
+def _non_finite(state: dict) -> list[str]:
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def _unusable_checkpoint(path: Path, problem: str) -> DataError:
+    return DataError(path, f"{problem}; it cannot be resumed (a crash or a full disk may have damaged it). "
+                           "Delete it to train this run folder again from the start (its progress is lost), "
+                           "or use another --out")
 
 
 class Trainer:
@@ -150,18 +208,59 @@ class Trainer:
         }
 
     def resume(self) -> bool:
-        """Load the last checkpoint if there is one; return whether it did."""
+        """Load the last checkpoint if there is one; return whether it did.
+
+        A checkpoint that cannot be read back exactly (truncated, bytes changed, non-finite
+        weights, another model's) raises a :class:`DataError`: starting over silently would
+        throw away the run's progress, resuming from it would train on garbage.
+        """
         path = self.out / CHECKPOINT_FILE
         if not path.is_file():
             return False
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        unwrap(self.model).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt["scheduler"] is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.state = TrainState(**json.loads(ckpt["state"]))
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError, UnpicklingError... on damage
+            raise _unusable_checkpoint(path, f"unreadable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if not isinstance(ckpt, dict) or not {"model", "optimizer", "state"} <= set(ckpt):
+            raise _unusable_checkpoint(path, "not a checkpoint of the ecgtl training engine")
+        stored = ckpt.pop("digest", None)  # checkpoints of earlier versions have none
+        if stored is not None and stored != _content_digest(ckpt):
+            raise _unusable_checkpoint(path, "corrupt checkpoint: its content no longer matches the digest stored in it")
+        bad = _non_finite(ckpt["model"])
+        if bad:
+            raise _unusable_checkpoint(path, f"non-finite (NaN/inf) weights in {bad[:3]}")
+        try:
+            state = TrainState(**json.loads(ckpt["state"]))
+            unwrap(self.model).load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.scheduler is not None and ckpt["scheduler"] is not None:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            raise _unusable_checkpoint(path, f"checkpoint does not fit this run's model or optimiser ({str(exc)[:200]})") from None
+        self.state = state
         self._rng = {k: ckpt[k] for k in ("rng_cpu", "rng_cuda") if k in ckpt} if self.state.round_batches else None
+        if self.is_main:
+            self._settle_pending_best()
         return True
+
+    def _settle_pending_best(self) -> None:
+        """After a kill or a failed write between the best weights and the checkpoint: commit the pending best
+        weights if the checkpoint records them, else drop them (their round is retrained)."""
+        pending = self.out / BEST_PENDING_FILE
+        if not pending.is_file():
+            return
+        if self.state.best_sha256 and file_sha256(pending) == self.state.best_sha256:
+            with write_guard(self.out / BEST_FILE):
+                os.replace(pending, self.out / BEST_FILE)
+        else:
+            pending.unlink()
+
+    def _check_weights_finite(self, r: int) -> None:
+        """Never checkpoint non-finite weights (a step with a finite loss can still overflow them)."""
+        bad = _non_finite(unwrap(self.model).state_dict())
+        if bad:
+            raise FloatingPointError(f"{self.out}: non-finite weights {bad[:3]} in round {r + 1}, step {self.state.step}; "
+                                     f"the last checkpoint ({self.out / CHECKPOINT_FILE}) is kept: lower optim.lr")
 
     def _write_metrics(self) -> None:
         if not self.state.history:
@@ -171,7 +270,8 @@ class Trainer:
         w = csv.DictWriter(text, fieldnames=keys)
         w.writeheader()
         w.writerows(self.state.history)
-        atomic_write(self.out / METRICS_FILE, text.getvalue())
+        with write_guard(self.out / METRICS_FILE):
+            atomic_write(self.out / METRICS_FILE, text.getvalue())
 
     def _tensorboard(self, row: dict) -> None:
         if self._tb is None:
@@ -269,6 +369,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(total) / max(count, 1):.4f}")
             self.state.round_batches += 1
             if self.checkpoint_every and self.state.step % self.checkpoint_every == 0 and self.is_main:
+                self._check_weights_finite(r)
                 self.state.round_loss_sum, self.state.round_items = float(total), count
                 _atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT_FILE)
         bar.close()
@@ -292,6 +393,8 @@ class Trainer:
     def _end_round(self, row: dict) -> None:
         """Book-keeping after a round's evaluation: best weights, early stopping, checkpoint, logs."""
         r = row["round"] - 1
+        if self.is_main:
+            self._check_weights_finite(r)
         self.state.round = r + 1
         self.state.history.append(row)
         value = row.get(self.monitor)
@@ -300,15 +403,22 @@ class Trainer:
             self.state.best_round = r + 1
             self.state.stale_rounds = 0
             if self.is_main:
-                save_weights(unwrap(self.model).state_dict(), self.out / BEST_FILE,
-                             {**self.best_metadata, "round": str(r + 1), self.monitor: str(value)})
+                pending = self.out / BEST_PENDING_FILE
+                with write_guard(pending):
+                    save_weights(unwrap(self.model).state_dict(), pending,
+                                 {**self.best_metadata, "round": str(r + 1), self.monitor: str(value)})
+                self.state.best_sha256 = file_sha256(pending)
         else:
             self.state.stale_rounds += 1
         if self.patience is not None and self.state.stale_rounds >= self.patience:
             self.state.stopped_early = True
         if self.is_main:
-            _atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT_FILE)
+            # the log first, then the checkpoint (the commit point: it records the new best weights' hash), then
+            # the best weights move into place. A kill or a failed write anywhere costs at most this round, which
+            # a resume retrains; best.safetensors is always the file the checkpoint vouches for.
             self._write_metrics()
+            _atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT_FILE)
+            self._settle_pending_best()
             self._tensorboard(row)
             shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                               if k not in ("round", "lr", "train_seconds"))

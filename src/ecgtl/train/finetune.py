@@ -13,6 +13,7 @@ curves), ``curves.png``, ``best.safetensors`` + ``model.json`` (the card),
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 
 from ecgtl.config import FinetuneConfig, add_config_command, save_or_check_config, to_dict
 from ecgtl.constants import CINC_CLASSES
-from ecgtl.data.cinc2017 import Cinc2017
+from ecgtl.data.augment import EcgAugment
+from ecgtl.data.cinc2017 import Cinc2017, find_label_file
 from ecgtl.data.cinc_dataset import CincCropDataset, CincPaperDataset, prepare_cinc
 from ecgtl.data.splits import kfold_splits, load_splits, make_splits, save_splits, subset_labels
 from ecgtl.data.transforms import PAPER_CINC, Normalization
@@ -37,7 +39,7 @@ from ecgtl.models import create_model
 from ecgtl.models.card import model_from_card, write_card
 from ecgtl.models.registry import HEAD_PREFIX, resolve_name, with_current_model_name
 from ecgtl.runtime import resolve_device, unwrap
-from ecgtl.train.engine import BEST_FILE, Trainer, build_optimizer, round_seed
+from ecgtl.train.engine import BEST_FILE, Trainer, build_optimizer, round_seed, write_guard
 
 NUM_CLASSES = len(CINC_CLASSES)
 
@@ -69,14 +71,60 @@ def read_labelled_records(cfg: FinetuneConfig, progress: bool = True) -> tuple[d
     return {r.name: r for r in records}, cinc
 
 
+def _split_settings(cfg: FinetuneConfig, label_file) -> dict:
+    """The settings that decide a made split, as :func:`save_splits` records them in the file's meta."""
+    settings = {"seed": cfg.split_seed, "label_file": str(label_file), "folds": cfg.folds, "val_fraction": cfg.val_fraction}
+    if cfg.folds:
+        settings["fold"] = cfg.fold
+    else:
+        settings["test_fraction"] = cfg.test_fraction
+    return settings
+
+
+_SETTING_NAME = {"seed": "split_seed", "label_file": "labels (label file)"}
+
+
+def _check_made_splits(split_file: Path, meta: dict, cfg: FinetuneConfig, label_file) -> None:
+    """Refuse a run folder's ``splits.json`` made under other split settings than ``cfg``'s."""
+    if "source" in meta and not any(k in meta for k in ("seed", "folds")):
+        raise ConfigError(f"{split_file}: this run folder's splits were copied from {meta['source']}, but the config makes "
+                          "its own (splits is not set): pass the same splits=..., use another --out, or delete "
+                          f"{split_file} to make new splits")
+    want = _split_settings(cfg, label_file)
+    differ = [k for k, v in want.items() if k in meta and meta[k] != v]
+    if differ:
+        said = ", ".join(f"{_SETTING_NAME.get(k, k)}={meta[k]!r}" for k in differ)
+        asked = ", ".join(f"{_SETTING_NAME.get(k, k)}={want[k]!r}" for k in differ)
+        raise ConfigError(f"{split_file}: this run folder's splits were made with {said}, but the config asks for {asked}; "
+                          f"use another --out (or delete {split_file} with the rest of the run to start over), "
+                          f"or pass splits={split_file} to keep these splits")
+
+
+def check_run_splits(cfg: FinetuneConfig, out: Path) -> None:
+    """Refuse, before anything is written, a run whose split settings differ from those of the folder's ``splits.json``.
+
+    Run first, so that a refused rerun leaves the folder as it was (its ``config.yaml`` included).
+    """
+    split_file = out / "splits.json"
+    if cfg.splits or not split_file.is_file():
+        return
+    _, meta = load_splits(split_file, return_meta=True)
+    _check_made_splits(split_file, meta, cfg, find_label_file(cfg.data, cfg.labels))
+
+
 def resolve_splits(cfg: FinetuneConfig, out: Path, by_name: dict, cinc: Cinc2017) -> dict[str, list[str]]:
     """The run's splits: ``cfg.splits`` or the run folder's ``splits.json`` if present, else made and saved.
 
-    Made splits are stratified: 80/20 + validation, or fold ``cfg.fold`` of ``cfg.folds``.
+    Made splits are stratified: 80/20 + validation, or fold ``cfg.fold`` of ``cfg.folds``. A
+    ``splits.json`` this run folder made earlier (e.g. by a run killed before its first
+    checkpoint) is reused only if it was made with the same split settings (seed,
+    fractions, folds, fold, label file); ``cfg.splits`` is the user's choice and is used as given.
     """
     split_file = Path(cfg.splits) if cfg.splits else out / "splits.json"
     if split_file.is_file():
-        splits = load_splits(split_file)
+        splits, meta = load_splits(split_file, return_meta=True)
+        if not cfg.splits:
+            _check_made_splits(split_file, meta, cfg, cinc.label_file)
     else:
         names = sorted(by_name)
         labels_all = [by_name[n].label for n in names]
@@ -132,7 +180,8 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
                  progress: bool = True) -> Trainer:
     """The engine set up for fine-tuning: crops (or the study's padded input), weighted loss, validation macro-F1."""
     if cfg.input == "crop":
-        train_ds = CincCropDataset(data.signals["train"], data.labels["train"], int(round(cfg.crop_seconds * cfg.fs)), seed=cfg.seed)
+        train_ds = CincCropDataset(data.signals["train"], data.labels["train"], int(round(cfg.crop_seconds * cfg.fs)), seed=cfg.seed,
+                                   augment=EcgAugment(fs=cfg.fs, **dataclasses.asdict(cfg.augment)))
     elif cfg.input == "paper":
         train_ds = CincPaperDataset(data.signals["train"], data.labels["train"], cfg.paper_samples)
     else:
@@ -148,18 +197,24 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
         if hasattr(train_ds, "set_epoch"):
             train_ds.set_epoch(r)
         g = torch.Generator().manual_seed(round_seed(cfg.seed, r))
+        if cfg.sampling == "balanced":  # as many draws as records, each class equally likely
+            counts = np.bincount(data.labels["train"], minlength=NUM_CLASSES)
+            weights = torch.as_tensor(1.0 / counts[data.labels["train"]], dtype=torch.double)
+            sampler = torch.utils.data.WeightedRandomSampler(weights, len(train_ds), replacement=True, generator=g)
+            return torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
+                                               num_workers=cfg.num_workers, drop_last=False)
         return torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
                                            num_workers=cfg.num_workers, drop_last=False)
 
     def step_fn(m, batch):
         x, y = batch
         logits = m(x.to(device, non_blocking=True))
-        return F.cross_entropy(logits.float(), y.to(device), weight=class_weight), len(y)
+        return F.cross_entropy(logits.float(), y.to(device), weight=class_weight, label_smoothing=cfg.label_smoothing), len(y)
 
     val_ds, val_labels = _eval_dataset(cfg, data.signals["val"]), data.labels["val"]
 
     def evaluate(m, r):
-        probs = predict_dataset(m, val_ds, cfg.eval_batch_size, device)
+        probs = predict_dataset(m, val_ds, cfg.eval_batch_size, device, source=out)
         pred = probs.argmax(1)
         f1 = f1_per_class(val_labels, pred, NUM_CLASSES)
         nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(pred)), val_labels], 1e-12, 1))))
@@ -185,8 +240,11 @@ def score_best_model(cfg: FinetuneConfig, data: FinetuneData, out: Path, device:
     best.to(device)
     results = {}
     for part in ("val", "test"):
+        if not data.splits[part]:  # e.g. a selection split that leaves the test records out entirely
+            continue
         t = time.perf_counter()
-        probs = predict_dataset(best, _eval_dataset(cfg, data.signals[part]), cfg.eval_batch_size, device)
+        probs = predict_dataset(best, _eval_dataset(cfg, data.signals[part]), cfg.eval_batch_size, device,
+                                source=out / "model.json")
         seconds = time.perf_counter() - t
         report = classification_report(data.labels[part], probs, n_boot=cfg.bootstrap, seed=cfg.seed, split=part)
         report["inference_records_per_s"] = len(probs) / seconds
@@ -202,6 +260,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Read, split and preprocess CinC 2017, train (resuming a checkpoint in ``cfg.out``), then score the best model."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_run_splits(cfg, out)
     save_or_check_config(cfg, out / "config.yaml", canonical=with_current_model_name)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -217,7 +276,15 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     state = make_trainer(cfg, data, model, device, out, progress).fit()
     train_minutes = (time.perf_counter() - t_train) / 60
 
-    write_card(out / "model.json", out / BEST_FILE, architecture=unwrap(model).model_name, width=width,
+    with write_guard(out):  # a full disk: an error naming the file, not a traceback
+        return _write_outputs(cfg, data, out, device, state, unwrap(model).model_name, width, train_minutes)
+
+
+def _write_outputs(cfg: FinetuneConfig, data: FinetuneData, out: Path, device: torch.device, state, architecture: str,
+                   width: float, train_minutes: float) -> dict:
+    """The card (for the weights the engine recorded), the scores of the best model, the curves, ``results.json``."""
+    write_card(out / "model.json", out / BEST_FILE, expected_sha256=state.best_sha256 or None,
+               architecture=architecture, width=width,
                num_classes=NUM_CLASSES, classes=list(CINC_CLASSES), fs=cfg.fs,
                normalization={"mean": data.normalization.mean, "std": data.normalization.std, "units": "mV"},
                input=cfg.input, window_samples=int(round(cfg.crop_seconds * cfg.fs)),

@@ -12,12 +12,16 @@ Scale out with PyTorch DDP: ``torchrun --nproc_per_node 8 -m ecgtl pretrain ...`
 writes logs and checkpoints. On GPU, batch norm is synchronised across ranks (``sync_bn``),
 bf16 autocast is on (``amp``) and ``compile`` applies ``torch.compile``.
 
-Outputs in ``out``: ``config.yaml``, ``metrics.csv``, ``checkpoint.pt``, ``best.safetensors``,
-``backbone.safetensors`` + ``model.json`` (the card ``ecgtl finetune --init`` reads).
+Outputs in ``out``: ``config.yaml``, ``training_set.json`` (the training and validation
+patients and the normalisation, written at the start: a resume after the store changed is
+refused), ``metrics.csv``, ``checkpoint.pt``, ``best.safetensors``, ``backbone.safetensors`` +
+``model.json`` (the card ``ecgtl finetune --init`` reads).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
@@ -35,17 +39,19 @@ from ecgtl.constants import ICENTIA_FS_HZ
 from ecgtl.data.sampling import FrameSampler, estimate_normalization, fixed_frames, select_fraction, split_patients
 from ecgtl.data.store import Store
 from ecgtl.data.transforms import resample_factors
-from ecgtl.errors import ConfigError
+from ecgtl.errors import ConfigError, DataError
 from ecgtl.evaluate.metrics import macro_f1
+from ecgtl.fileio import atomic_write
 from ecgtl.models import create_model
 from ecgtl.models.card import load_weights, save_weights, write_card
 from ecgtl.models.future_prediction import FuturePrediction
 from ecgtl.models.registry import with_current_model_name
 from ecgtl.runtime import resolve_device, unwrap
 from ecgtl.tasks import PRETEXT_TASKS, get_task
-from ecgtl.train.engine import BEST_FILE, Trainer, build_optimizer
+from ecgtl.train.engine import BEST_FILE, CHECKPOINT_FILE, Trainer, build_optimizer, write_guard
 
 DETECTED_BEAT_SOURCES = {"cinc2017"}  # beats from a QRS detector: no beat types or rhythm
+TRAINING_SET_FILE = "training_set.json"
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -134,6 +140,55 @@ def build_job(cfg: PretrainConfig, rank: int = 0, world_size: int = 1, device: t
     return PretrainJob(cfg, model, backbone, train_ids, val_ids, normalization, device, rank, world_size)
 
 
+def _ids_sha256(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def training_set_record(job: PretrainJob) -> dict:
+    """What a resumed run must train on to continue the same run: its patients and normalisation."""
+    return {"store": str(job.cfg.store), "train_patients": len(job.train_ids), "val_patients": len(job.val_ids),
+            "train_sha256": _ids_sha256(job.train_ids), "val_sha256": _ids_sha256(job.val_ids),
+            "normalization": {"mean": float(job.normalization[0]), "std": float(job.normalization[1]), "units": "mV"},
+            "train_ids": sorted(job.train_ids), "val_ids": sorted(job.val_ids)}
+
+
+def _set_change(name: str, old: list[str], new: list[str]) -> str:
+    added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    parts = [f"{len(added)} added (e.g. {added[:3]})" if added else "", f"{len(removed)} gone (e.g. {removed[:3]})" if removed else ""]
+    return f"{name} patients: {len(old)} -> {len(new)}, " + ", ".join(p for p in parts if p)
+
+
+def check_training_set(job: PretrainJob, out: Path, write: bool = True) -> None:
+    """Record the run's training set at its start (``training_set.json``); on a resume, refuse another one.
+
+    A store that gained, lost or re-prepared patients since the run started would change the
+    training patients, the validation patients or the normalisation mid-run, silently.
+    ``write``: whether this process may write the record (rank 0).
+    """
+    path = out / TRAINING_SET_FILE
+    now = training_set_record(job)
+    if (out / CHECKPOINT_FILE).is_file() and path.is_file():
+        try:
+            then = json.loads(path.read_text())
+            old_norm = (float(then["normalization"]["mean"]), float(then["normalization"]["std"]))
+            changes = [_set_change(part, then[f"{part}_ids"], now[f"{part}_ids"]) for part in ("train", "val")
+                       if then[f"{part}_sha256"] != now[f"{part}_sha256"]]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(path, f"unreadable training-set record ({type(exc).__name__}: {exc}); it is needed to resume "
+                                  f"{out / CHECKPOINT_FILE} safely: restore it, or use another --out") from None
+        new_norm = job.normalization
+        if not all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(old_norm, new_norm)):
+            changes.append(f"normalisation mean/std {old_norm[0]:.6g}/{old_norm[1]:.6g} -> {new_norm[0]:.6g}/{new_norm[1]:.6g} mV")
+        if changes:
+            raise ConfigError(f"{path}: the store {job.cfg.store} no longer gives the data this run started with "
+                              f"({'; '.join(changes)}); resuming would change the training set mid-run; use another --out "
+                              "to pre-train on the store as it is now, or restore the store to resume")
+        return
+    if write:  # a new run (or one started by an earlier version, which has no record yet)
+        with write_guard(path):
+            atomic_write(path, json.dumps(now, indent=1))
+
+
 def make_evaluate(job: PretrainJob):
     """Validation on a fixed set of frames of the validation patients (same frames every round)."""
     c = job.cfg
@@ -200,6 +255,7 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             save_or_check_config(cfg, out / "config.yaml", canonical=with_current_model_name)
+        check_training_set(job, out, write=rank == 0)  # every rank checks: all stop together
         sampler = job.sampler()
         steps_per_round = sampler.batches_per_round(cfg.batch_size, cfg.num_workers)
         if steps_per_round < 1:
@@ -239,21 +295,23 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
 def write_backbone(job: PretrainJob, out: Path, state) -> dict:
     """``backbone.safetensors`` (ResNet naming, head kept for classification tasks) + the card ``model.json``."""
     c = job.cfg
-    best = load_weights(out / BEST_FILE)
+    best = load_weights(out / BEST_FILE, expected_sha256=state.best_sha256 or None)  # the file this run wrote, finite
     if c.task == "future":
         weights = {k[len("backbone."):]: v for k, v in best.items() if k.startswith("backbone.")}
     else:
         weights = best
-    save_weights(weights, out / "backbone.safetensors")
     classes = get_task(c.task).class_names
     last = state.history[-1] if state.history else {}
-    return write_card(out / "model.json", out / "backbone.safetensors", architecture=job.backbone.model_name, width=c.model.width,
-                      num_classes=len(classes), classes=list(classes), fs=float(c.fs),
-                      normalization={"mean": job.normalization[0], "std": job.normalization[1], "units": "mV"},
-                      task=c.task, frame_samples=c.frame_samples, store=c.store, sources=c.sources,
-                      train_patients=len(job.train_ids), val_patients=len(job.val_ids), patient_fraction=c.patient_fraction,
-                      seed=c.seed, steps=state.step, rounds=state.round, best_round=state.best_round,
-                      world_size=job.world_size, final_metrics=last, config=to_dict(c))
+    with write_guard(out):
+        save_weights(weights, out / "backbone.safetensors")
+        return write_card(out / "model.json", out / "backbone.safetensors", architecture=job.backbone.model_name,
+                          width=c.model.width, num_classes=len(classes), classes=list(classes), fs=float(c.fs),
+                          normalization={"mean": job.normalization[0], "std": job.normalization[1], "units": "mV"},
+                          task=c.task, frame_samples=c.frame_samples, store=c.store, sources=c.sources,
+                          train_patients=len(job.train_ids), val_patients=len(job.val_ids),
+                          patient_fraction=c.patient_fraction,
+                          seed=c.seed, steps=state.step, rounds=state.round, best_round=state.best_round,
+                          world_size=job.world_size, final_metrics=last, config=to_dict(c))
 
 
 def add_parser(subparsers) -> None:

@@ -13,8 +13,15 @@ Guarantees:
 - A file already present with the right checksum is not fetched again.
 - One file failing (network, HTTP status, checksum) is recorded in the
   :class:`DownloadReport` and the others carry on.
-- Archives (CinC 2017's ``training2017.zip``) are extracted only after verification, into a
-  temporary folder renamed into place, refusing members that would land outside the target.
+- Archives (CinC 2017's ``training2017.zip``) are extracted only after verification, through
+  a temporary folder whose files are renamed into place, refusing members that would land
+  outside the target or on a verified file.
+- Nothing of the user's is deleted or overwritten: extraction records what it wrote
+  (``<archive>.extracted.json``) and refreshes only those files, keeping (and reporting) any
+  file the user added or edited; a downloaded file changed since is renamed ``<name>.changed``.
+- One download at a time per database folder (a lock file next to it); a transfer slower
+  than ``min_speed`` bytes/s over ``stall_seconds`` is aborted, so a trickling server cannot
+  hang it; a destination that is a file or read-only is refused with its path named.
 
 Only the standard library does the networking (``urllib.request``), so no extra dependency.
 
@@ -25,7 +32,7 @@ This package only re-exports the public names; the code lives by responsibility 
 - :mod:`.checksums`: ``SHA256SUMS.txt`` parsing and file hashing;
 - :mod:`.sources`: http(s) and local-folder sources, ``Range`` requests, timeouts;
 - :mod:`.fetch`: one file: ``.part``, resume, retries, verification, rename;
-- :mod:`.extract`: zip extraction that never writes outside its target;
+- :mod:`.extract`: zip extraction that never writes outside its target nor over a user's file;
 - :mod:`.report`: :class:`FileResult` and :class:`DownloadReport`;
 - :mod:`.job`: :func:`download`, the orchestration of all the above;
 - :mod:`.cli`: the ``ecgtl download`` subcommand.

@@ -50,8 +50,8 @@ class Database:
     ``path`` is the folder under the mirror's root (``mitdb/1.0.0``). ``files`` restricts the
     download to those relative paths; ``None`` means every file listed in ``SHA256SUMS.txt``.
     ``patient_files`` (Icentia11k) maps a patient number to its relative paths, and makes a
-    patient selection mandatory. ``extract`` names zip archives unpacked next to themselves
-    after verification.
+    patient selection mandatory, and ``patient_count`` bounds it. ``extract`` names zip
+    archives unpacked next to themselves after verification.
     """
 
     name: str
@@ -60,6 +60,7 @@ class Database:
     files: tuple[str, ...] | None = None
     patient_files: Callable[[int], Iterable[str]] | None = None
     extract: tuple[str, ...] = ()
+    patient_count: int | None = None  # patients are numbered 0 .. patient_count - 1
 
 
 DATABASES: dict[str, Database] = {
@@ -80,6 +81,7 @@ DATABASES: dict[str, Database] = {
             "icentia11k-continuous-ecg/1.0",
             "Icentia11k continuous ECG (select patients: the full set is about 1 TiB)",
             patient_files=icentia11k_patient_files,
+            patient_count=ICENTIA_NUM_PATIENTS,
         ),
     )
 }
@@ -95,30 +97,58 @@ def resolve_database(database: str | Database) -> Database:
     return DATABASES[key]
 
 
-def parse_patients(spec: str | int | Iterable[int]) -> list[int]:
+def parse_patients(spec: str | int | Iterable[int], count: int = ICENTIA_NUM_PATIENTS) -> list[int]:
     """Parse a patient selection: ``"0-9"``, ``"0,5,7"``, ``"0-3,10"``, an int, or ints.
 
     Returns the sorted, de-duplicated patient numbers. Raises :class:`ConfigError` on an
-    empty or malformed selection, or a number outside Icentia11k's range.
+    empty or malformed selection, or a number outside ``0 .. count - 1`` (``count`` is the
+    database's number of patients, 11,000 for Icentia11k). Bounds are checked before a range
+    is expanded, so ``"0-99999999"`` is refused at once instead of filling the memory: the
+    work and memory are bounded by ``count`` and the length of ``spec``.
     """
+    if count < 1:
+        raise ConfigError(f"patient count must be >= 1, got {count}")
+    numbers: set[int] = set()
     if isinstance(spec, int):
-        numbers: set[int] = {spec}
+        _check_patient(spec, count, str(spec))
+        numbers.add(spec)
     elif isinstance(spec, str):
-        numbers = set()
         for part in spec.replace(" ", "").split(","):
             m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
             if not m:
-                raise ConfigError(f"bad patient selection {spec!r}: expected e.g. '0-9' or '0,5,7'")
-            lo = int(m.group(1))
-            hi = int(m.group(2)) if m.group(2) is not None else lo
+                raise ConfigError(f"bad patient selection {spec[:100]!r}: expected e.g. '0-9' or '0,5,7'")
+            lo = _patient_number(m.group(1), count, part)
+            hi = _patient_number(m.group(2), count, part) if m.group(2) is not None else lo
             if hi < lo:
                 raise ConfigError(f"bad patient range {part!r}: end before start")
-            numbers.update(range(lo, hi + 1))
+            numbers.update(range(lo, hi + 1))  # at most `count` numbers: both ends are in range
     else:
-        numbers = {int(n) for n in spec}
+        for n in spec:  # checked one by one, so a huge (or endless) iterable stops at the first bad number
+            n = int(n)
+            _check_patient(n, count, str(n))
+            numbers.add(n)
     if not numbers:
         raise ConfigError("empty patient selection")
-    bad = [n for n in numbers if not 0 <= n < ICENTIA_NUM_PATIENTS]
-    if bad:
-        raise ConfigError(f"patients out of range 0-{ICENTIA_NUM_PATIENTS - 1}: {sorted(bad)[:5]}")
     return sorted(numbers)
+
+
+def _out_of_range(text: str, count: int) -> ConfigError:
+    return ConfigError(
+        f"patient {text[:20]}{'...' if len(text) > 20 else ''} out of range: "
+        f"the database has {count:,} patients, numbered 0-{count - 1}"
+    )
+
+
+def _check_patient(n: int, count: int, text: str) -> None:
+    if not 0 <= n < count:
+        raise _out_of_range(text, count)
+
+
+def _patient_number(digits: str, count: int, part: str) -> int:
+    """``int(digits)``, refusing a number too long to be a patient before converting it
+    (Python refuses to convert more than 4,300 digits, with a ValueError, not our error)."""
+    if len(digits.lstrip("0")) > len(str(count)):
+        raise _out_of_range(part, count)
+    n = int(digits)
+    _check_patient(n, count, part)
+    return n

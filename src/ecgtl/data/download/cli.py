@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from ecgtl.data.download.catalog import DATABASES, DEFAULT_MIRROR
 from ecgtl.data.download.fetch import DEFAULT_RETRIES
 from ecgtl.data.download.job import DEFAULT_WORKERS, download
-from ecgtl.data.download.sources import DEFAULT_TIMEOUT_S
+from ecgtl.data.download.sources import DEFAULT_MIN_SPEED, DEFAULT_STALL_S, DEFAULT_TIMEOUT_S
 from ecgtl.errors import ConfigError, DownloadError
 
 __all__ = ["add_parser", "main", "run_from_args"]
@@ -37,7 +37,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--mirror", default=DEFAULT_MIRROR, help="base URL or local folder (default: %(default)s)")
     p.add_argument("--patients", help="Icentia11k patients: a range '0-9', a list '0,5,7' or both")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="parallel transfers (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="socket timeout, s (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="socket timeout: the longest wait for any one read, s (default: %(default)s)")
+    p.add_argument("--min-speed", type=float, default=DEFAULT_MIN_SPEED, metavar="BYTES_PER_S",
+                   help="abort (and retry) a transfer slower than this over --stall-seconds; 0: never "
+                   "(default: %(default)s)")
+    p.add_argument("--stall-seconds", type=float, default=DEFAULT_STALL_S, metavar="S",
+                   help="the window over which --min-speed is measured (default: %(default)s)")
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries per file (default: %(default)s)")
     p.add_argument("--refresh-checksums", action="store_true", help="fetch SHA256SUMS.txt again even if cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -65,6 +71,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 retries=args.retries,
                 refresh_checksums=args.refresh_checksums,
+                min_speed=args.min_speed,
+                stall_seconds=args.stall_seconds,
             )
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -1,28 +1,38 @@
 """Orchestration: :func:`download` one database, from the checksum list to extracted archives.
 
-The job resolves the database and patient selection, fetches (or reuses) the database's
+The job resolves the database and patient selection, checks that the destination is a
+writable folder, takes the database folder's lock (two downloads into one folder would
+write the same ``.part`` files and extraction records), fetches (or reuses) the database's
 ``SHA256SUMS.txt``, fetches the wanted files on a thread pool through
 :func:`~ecgtl.data.download.fetch.fetch_file`, records each outcome in a
 :class:`~ecgtl.data.download.report.DownloadReport`, and unpacks verified archives with
-:func:`~ecgtl.data.download.extract.extract_zip`. One file failing does not stop the others.
+:func:`~ecgtl.data.download.extract.extract_archive`, which never overwrites the verified
+files next to them nor any file it did not write. One file failing does not stop the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock, as before
+    fcntl = None
+
 from ecgtl.data.download.catalog import DEFAULT_MIRROR, Database, parse_patients, resolve_database
 from ecgtl.data.download.checksums import CHECKSUM_FILE, parse_sha256sums
-from ecgtl.data.download.extract import extract_zip
+from ecgtl.data.download.extract import extract_archive
 from ecgtl.data.download.fetch import DEFAULT_RETRIES, Progress, fetch_file
 from ecgtl.data.download.report import DownloadReport, FileResult
-from ecgtl.data.download.sources import DEFAULT_TIMEOUT_S, Source, make_source
+from ecgtl.data.download.sources import DEFAULT_MIN_SPEED, DEFAULT_STALL_S, DEFAULT_TIMEOUT_S, Source, make_source
 from ecgtl.errors import ConfigError, DownloadError
 
 __all__ = ["DEFAULT_WORKERS", "download"]
@@ -61,6 +71,57 @@ def _load_checksums(
         raise DownloadError(f"{rel_report}: not a checksum list: {e}") from None
 
 
+def _writable_folder(root: Path) -> None:
+    """Create ``root`` and check that files can be written there, or raise
+    :class:`DownloadError` naming the path and what to do."""
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent  # exists() is False below a file too: the walk stops at it
+    if existing.exists() and not existing.is_dir():
+        raise DownloadError(f"{existing}: is a file, not a folder; give a folder as the destination (--dest)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        where = e.filename if e.filename and Path(e.filename).parent != root else root  # not the probe's name
+        raise DownloadError(
+            f"{where}: cannot write the download here ({e.strerror or e}); give a writable folder as --dest"
+        ) from None
+
+
+@contextlib.contextmanager
+def _folder_lock(root: Path) -> Iterator[None]:
+    """Hold the lock of one database folder, or raise :class:`DownloadError` if another
+    download holds it. The lock file sits next to the folder (``.<version>.download.lock``)
+    and is released by the system when the process ends, however it ends."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    path = root.parent / f".{root.name}.download.lock"
+    try:
+        fh = open(path, "a+")  # noqa: SIM115 - held for the whole job
+    except OSError as e:
+        raise DownloadError(f"{path}: cannot create the lock file ({e.strerror}); give a writable folder as --dest") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            raise DownloadError(
+                f"another `ecgtl download` is writing to {root} (pid {pid}); wait for it to finish or use another --dest"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def download(
     database: str | Database,
     dest: str | os.PathLike = "data/raw",
@@ -74,6 +135,8 @@ def download(
     retries: int = DEFAULT_RETRIES,
     retry_wait: float = 1.0,
     refresh_checksums: bool = False,
+    min_speed: float = DEFAULT_MIN_SPEED,
+    stall_seconds: float = DEFAULT_STALL_S,
 ) -> DownloadReport:
     """Download one PhysioNet database into ``dest/<db path>/``, verified file by file.
 
@@ -83,7 +146,14 @@ def download(
     ``patients`` is required for Icentia11k (``"0-9"``, ``"0,5,7"`` or ints) and refused
     for the others. ``include`` further filters relative paths (e.g. only ``.hea`` files).
     ``workers`` files are fetched at once; each transfer gets ``retries`` more attempts on
-    connection errors, waiting ``retry_wait`` seconds, doubled each time.
+    connection errors, waiting ``retry_wait`` seconds, doubled each time. ``timeout`` bounds
+    each socket operation; a transfer slower than ``min_speed`` bytes/s over ``stall_seconds``
+    is aborted (and retried), so a trickling server cannot hang the job (0 disables).
+
+    Files of the user's are never deleted or overwritten: an extracted file the user edited
+    or added is kept (listed in :attr:`DownloadReport.kept`), a downloaded file that no longer
+    matches its checksum is renamed to ``<name>.changed`` before the verified one comes back,
+    and an archive member that would land on a verified file is refused.
 
     Per-file problems are recorded in the returned report rather than raised (call
     :meth:`DownloadReport.raise_for_failures` to turn them into an exception). Raises
@@ -95,11 +165,13 @@ def download(
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if retries < 0:
         raise ConfigError(f"retries must be >= 0, got {retries}")
+    if min_speed < 0 or stall_seconds < 0:
+        raise ConfigError(f"min_speed and stall_seconds must be >= 0, got {min_speed} and {stall_seconds}")
     selected = None
     if db.patient_files is not None:
         if patients is None:
             raise ConfigError(f"{db.name}: select patients (e.g. '0-9' or '0,5,7'); the full set is huge")
-        selected = parse_patients(patients)
+        selected = parse_patients(patients, **({"count": db.patient_count} if db.patient_count else {}))
     elif patients is not None:
         raise ConfigError(f"{db.name}: has no patient selection (only icentia11k does)")
 
@@ -107,11 +179,31 @@ def download(
     mirror_text = os.fspath(mirror)
     source = make_source(mirror, db.path)
     root = dest / db.path
+    _writable_folder(root)
+    with _folder_lock(root):
+        return _run(db, source, root, dest, mirror_text, selected, include, progress, workers, refresh_checksums,
+                    dict(timeout=timeout, retries=retries, retry_wait=retry_wait, min_speed=min_speed,
+                         stall_seconds=stall_seconds))
+
+
+def _run(
+    db: Database,
+    source: Source,
+    root: Path,
+    dest: Path,
+    mirror_text: str,
+    selected: list[int] | None,
+    include: Callable[[str], bool] | None,
+    progress: bool,
+    workers: int,
+    refresh_checksums: bool,
+    settings: dict,
+) -> DownloadReport:
     report = DownloadReport(db.name, dest, mirror_text)
     t0 = time.perf_counter()
     bar = Progress(db.name, progress)
     cancel = threading.Event()
-    common = dict(timeout=timeout, retries=retries, retry_wait=retry_wait, progress=bar, cancel=cancel)
+    common = dict(settings, progress=bar, cancel=cancel)
     try:
         wanted: set[str] | None = None
         patient_of: dict[str, int] = {}
@@ -142,6 +234,8 @@ def download(
                     report.files.append(
                         FileResult(f"{db.path}/{rel}", "failed", error=f"not listed in {CHECKSUM_FILE}")
                     )
+        # Verified files: an archive member must never land on one of them.
+        protect = {CHECKSUM_FILE, *sums, *(db.files or ())}
         if include is not None:
             sums = {rel: digest for rel, digest in sums.items() if include(rel)}
 
@@ -152,10 +246,13 @@ def download(
             if f"{db.path}/{archive}" not in ok_paths:
                 continue
             try:
-                if extract_zip(root / archive, root):
-                    report.extracted.append(f"{db.path}/{archive}")
+                result = extract_archive(root / archive, root, protect=protect, clean_leftovers=True)
             except (DownloadError, OSError) as e:
                 report.files.append(FileResult(f"{db.path}/{archive}", "failed", error=f"extraction: {e}"))
+                continue
+            if result.written:
+                report.extracted.append(f"{db.path}/{archive}")
+            report.kept += [(f"{db.path}/{rel}", why) for rel, why in result.kept]
     except KeyboardInterrupt:
         # Workers stop at their next chunk; their .part files stay for a later resume.
         cancel.set()
@@ -181,7 +278,9 @@ def _fetch_all(
         except DownloadError as e:
             result = FileResult(rel, "failed", error=str(e))
         except OSError as e:  # local disk trouble: full, permissions
-            result = FileResult(rel, "failed", error=f"{type(e).__name__}: {e}")
+            where = e.filename or root / rel
+            result = FileResult(rel, "failed", error=f"cannot write {where}: {e.strerror or e}; "
+                                "free some space or give a writable folder as --dest")
         result.path = f"{db.path}/{rel}"
         return result
 

@@ -16,6 +16,7 @@ class FileResult:
 
     ``path`` is relative to the destination root (``mitdb/1.0.0/100.dat``); ``bytes`` counts
     what crossed the wire in this run (0 when skipped); ``error`` explains a failure.
+    ``kept_as`` names the copy a changed file was renamed to before the verified one came back.
     """
 
     path: str
@@ -24,6 +25,7 @@ class FileResult:
     seconds: float = 0.0
     error: str | None = None
     resumed: bool = False
+    kept_as: str | None = None
 
 
 @dataclass
@@ -35,6 +37,8 @@ class DownloadReport:
     mirror: str
     files: list[FileResult] = field(default_factory=list)
     extracted: list[str] = field(default_factory=list)
+    #: files of the user's that the job left in place (``path``, why), e.g. an edited RECORDS
+    kept: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def _with(self, status: str) -> list[FileResult]:
@@ -85,5 +89,14 @@ class DownloadReport:
         ]
         if self.extracted:
             lines.append(f"  extracted: {', '.join(self.extracted)}")
+        for f in self.files:
+            if f.kept_as:
+                lines.append(f"  {f.path} had changed since it was downloaded: your copy is kept as "
+                             f"{f.kept_as}, the verified file is back")
+        if self.kept:
+            names = ", ".join(f"{p} ({why})" for p, why in self.kept[:10])
+            more = f" and {len(self.kept) - 10} more" if len(self.kept) > 10 else ""
+            lines.append(f"  kept {len(self.kept)} file(s) you changed or added: {names}{more}; the archive's "
+                         "version was not written (delete or rename a file and rerun to get it)")
         lines += [f"  FAILED {f.path}: {f.error}" for f in self.failed]
         return "\n".join(lines)

@@ -6,13 +6,22 @@ sees in :attr:`Opened.start`. Transient trouble (connection, timeout, 5xx) raise
 :class:`Retry`; a ``.part`` that cannot be resumed raises :class:`Restart`; a permanent
 problem (404, missing file) raises :class:`~ecgtl.errors.DownloadError`.
 
+``timeout`` bounds each socket operation, which does not bound a transfer: a server that
+trickles a byte a second never lets a read time out. A :class:`StallGuard` bounds it: a
+watchdog thread aborts a transfer (response headers included) whose throughput stays below
+``min_speed`` bytes/s for ``window`` seconds, by shutting its socket down, so a whole
+transfer takes at most about ``size / min_speed + window`` seconds.
+
 Only the standard library does the networking (``urllib.request``), so no extra dependency.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
+import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +34,8 @@ from ecgtl import __version__
 from ecgtl.errors import ConfigError, DownloadError
 
 __all__ = [
+    "DEFAULT_MIN_SPEED",
+    "DEFAULT_STALL_S",
     "DEFAULT_TIMEOUT_S",
     "HttpSource",
     "LocalSource",
@@ -32,10 +43,13 @@ __all__ = [
     "Restart",
     "Retry",
     "Source",
+    "StallGuard",
     "make_source",
 ]
 
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MIN_SPEED = 1024  # bytes/s; a transfer slower than this for DEFAULT_STALL_S seconds is aborted
+DEFAULT_STALL_S = 60.0
 _USER_AGENT = f"ecgtl/{__version__} (+https://github.com/; Python urllib)"
 
 
@@ -45,6 +59,104 @@ class Retry(Exception):
 
 class Restart(Exception):
     """The ``.part`` cannot be resumed (range not satisfiable, wrong offset): start from zero."""
+
+
+class StallGuard:
+    """Watchdog of one transfer attempt: aborts it when fewer than ``min_speed * window``
+    bytes arrive in any ``window`` seconds (the response headers' wait included).
+
+    Use as a context manager around opening and reading; the reader calls :meth:`add` with
+    each chunk's size. On a stall, :attr:`reason` says so (naming ``url``) and the socket
+    registered with :meth:`attach` is shut down, which ends a blocked read at once. With
+    ``min_speed`` or ``window`` at 0 it does nothing.
+    """
+
+    def __init__(self, url: str, min_speed: float, window: float):
+        self.url = url
+        self.min_speed = min_speed
+        self.window = window
+        self.received = 0
+        self.reason: str | None = None
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> StallGuard:
+        if self.min_speed > 0 and self.window > 0:
+            self._thread = threading.Thread(target=self._watch, name="ecgtl-stall-guard", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def add(self, n: int) -> None:
+        self.received += n  # one writer (the reading thread); the watchdog only reads
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            stalled = self.reason is not None
+        if stalled:
+            _shutdown(sock)
+
+    def _watch(self) -> None:
+        last = 0
+        while not self._done.wait(self.window):
+            got = self.received - last
+            if got < self.min_speed * self.window:
+                with self._lock:
+                    self.reason = (
+                        f"transfer stalled: {got} bytes in {self.window:g} s, below the minimum "
+                        f"{self.min_speed:g} bytes/s (--min-speed, --stall-seconds), from {self.url}"
+                    )
+                    sock = self._sock
+                if sock is not None:
+                    _shutdown(sock)
+                return
+            last = self.received
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # unblocks a recv in another thread, unlike close()
+    except OSError:
+        pass
+
+
+_current = threading.local()  # the StallGuard of the transfer this thread is opening
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        guard = getattr(_current, "guard", None)
+        if guard is not None:
+            guard.attach(self.sock)
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        guard = getattr(_current, "guard", None)
+        if guard is not None:
+            guard.attach(self.sock)
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def do_open(self, http_class, req, **kwargs):  # noqa: ANN001 - urllib's signature
+        return super().do_open(_GuardedHTTPConnection, req, **kwargs)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def do_open(self, http_class, req, **kwargs):  # noqa: ANN001 - urllib's signature
+        return super().do_open(_GuardedHTTPSConnection, req, **kwargs)
+
+
+_opener = urllib.request.build_opener(_GuardedHTTPHandler, _GuardedHTTPSHandler)
 
 
 @dataclass
@@ -61,7 +173,7 @@ class Source:
     def describe(self, rel: str) -> str:
         raise NotImplementedError
 
-    def open(self, rel: str, offset: int, timeout: float) -> Opened:
+    def open(self, rel: str, offset: int, timeout: float, guard: StallGuard | None = None) -> Opened:
         raise NotImplementedError
 
 
@@ -72,14 +184,15 @@ class HttpSource(Source):
     def describe(self, rel: str) -> str:
         return self.base + urllib.parse.quote(rel)
 
-    def open(self, rel: str, offset: int, timeout: float) -> Opened:
+    def open(self, rel: str, offset: int, timeout: float, guard: StallGuard | None = None) -> Opened:
         url = self.describe(rel)
         # identity: a compressed body would break both Range offsets and the byte count.
         headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
+        _current.guard = guard  # the connection registers its socket with it
         try:
-            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+            resp = _opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
         except urllib.error.HTTPError as e:
             e.close()
             if e.code == 416 and offset:
@@ -92,7 +205,11 @@ class HttpSource(Source):
                 raise Retry(f"HTTP {e.code} {e.reason}") from None
             raise DownloadError(f"{rel}: HTTP {e.code} {e.reason} ({url})") from None
         except (urllib.error.URLError, OSError, HTTPException) as e:
-            raise Retry(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+            if guard is not None and guard.reason:
+                raise Retry(guard.reason) from None
+            raise Retry(f"{type(e).__name__}: {getattr(e, 'reason', e)} ({url})") from None
+        finally:
+            _current.guard = None
         length_hdr = resp.headers.get("Content-Length")
         length = int(length_hdr) if length_hdr and length_hdr.isdigit() else None
         if resp.status == 206:
@@ -112,7 +229,7 @@ class LocalSource(Source):
     def describe(self, rel: str) -> str:
         return str(self.root / rel)
 
-    def open(self, rel: str, offset: int, timeout: float) -> Opened:
+    def open(self, rel: str, offset: int, timeout: float, guard: StallGuard | None = None) -> Opened:
         path = self.root / rel
         try:
             f = open(path, "rb")  # noqa: SIM115 - the caller closes the stream
@@ -130,6 +247,9 @@ class LocalSource(Source):
 
 class _EmptyStream:
     def read(self, n: int = -1) -> bytes:
+        return b""
+
+    def read1(self, n: int = -1) -> bytes:
         return b""
 
     def close(self) -> None:

@@ -1,0 +1,119 @@
+"""Fine-tuning recipe ablation on a selection split, blind to the test split.
+
+    python scripts/recipe_ablation.py [--variants reports/recipe-ablation/variants.yaml] [--seeds 0,1]
+        [--only NAME,NAME] [--data DIR] [--splits runs/pipeline/splits.json] [--runs runs/recipe-ablation]
+
+Protocol (fixed before running): the test records of ``--splits`` (the standard split, seed 0)
+are kept out of everything; the other records are split 80/20 (stratified, seed 1) into a
+selection train / validation split (4,638 / 1,160 records). Every variant is the CPU preset
+plus the ``--set`` overrides listed in the variants file, trained on the selection train split
+for each seed; its score is the validation macro-F1 of its best epoch. The selection split file
+lists no test records, so no test record is read for training or scored here. Finished runs are kept (rerun the command to resume); the
+table (``ablation.csv`` + ``ablation.md``, mean +- std over seeds) is rewritten from all
+finished runs each time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from sklearn.model_selection import train_test_split
+
+from ecgtl.config import FinetuneConfig, load_config
+from ecgtl.data.cinc2017 import find_label_file, read_labels
+from ecgtl.data.splits import load_splits, make_splits, save_splits
+from ecgtl.fileio import atomic_write
+from ecgtl.train.finetune import run_finetune
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def selection_splits(base_splits: Path, data: Path, out: Path) -> Path:
+    """The selection split file (made once): 80/20 of the non-test records, stratified, seed 1; test kept aside."""
+    path = out / "selection-splits.json"
+    if not path.is_file():
+        labels = read_labels(find_label_file(data))
+        if base_splits.is_file():
+            base = load_splits(base_splits)
+        else:  # the standard split, as `ecgtl finetune` makes it by default (split_seed 0, 20% test, 5% val)
+            names = sorted(labels)
+            base = make_splits(names, [labels[n] for n in names], test_fraction=0.2, val_fraction=0.05, seed=0)
+        pool = sorted(base["train"] + base["val"])
+        train, val = train_test_split(pool, test_size=0.2, stratify=[labels[n] for n in pool], random_state=1)
+        out.mkdir(parents=True, exist_ok=True)
+        save_splits(path, {"train": sorted(train), "val": sorted(val), "test": []}, seed=1,
+                    note="selection split: 80/20 of the non-test records of the standard split; its test records are left out")
+    return path
+
+
+def run_variant(name: str, overrides: list[str], seed: int, data: Path, splits: Path, runs: Path) -> dict:
+    out = runs / f"{name}-seed{seed}"
+    done = out / "results.json"
+    if not done.is_file():
+        cfg = load_config(FinetuneConfig, "cpu", "finetune", [f"data={data}", f"out={out}", f"splits={splits}", f"seed={seed}",
+                                                              "bootstrap=0", *overrides])
+        t0 = time.perf_counter()
+        run_finetune(cfg, progress=False)
+        print(f"{name} seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min")
+    res = json.loads(done.read_text())
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    return {"variant": name, "seed": seed, "val_macro_f1": res["val"]["macro_f1"],
+            "val_challenge_f1": res["val"].get("challenge_f1"), "best_epoch": res["best_round"], "epochs": len(rows),
+            "train_minutes": round(sum(float(r["train_seconds"]) for r in rows) / 60, 2), "overrides": " ".join(overrides)}
+
+
+def write_table(rows: list[dict], variants: dict, out: Path) -> None:
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(out / "ablation.csv", text.getvalue())
+    lines = ["| variant | overrides on the cpu preset | seeds | val macro-F1 mean +- std | val challenge F1 | best epochs | train min/run |",
+             "|---|---|---|---|---|---|---|"]
+    for name, spec in variants.items():
+        got = [r for r in rows if r["variant"] == name]
+        if not got:
+            continue
+        f1 = [r["val_macro_f1"] for r in got]
+        sd = statistics.stdev(f1) if len(f1) > 1 else float("nan")
+        lines.append(f"| {name} | `{' '.join(spec['set']) or '(none)'}` | {len(got)} | {statistics.mean(f1):.3f} +- {sd:.3f} | "
+                     f"{statistics.mean(r['val_challenge_f1'] for r in got):.3f} | {', '.join(str(r['best_epoch']) for r in got)} | "
+                     f"{statistics.mean(r['train_minutes'] for r in got):.1f} |")
+    atomic_write(out / "ablation.md", "\n".join(lines) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default=str(HERE / "reports" / "recipe-ablation" / "variants.yaml"))
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--only", help="comma-separated variant names (default: all, in file order)")
+    ap.add_argument("--data", default="data/raw/challenge-2017/1.0.0/training2017")
+    ap.add_argument("--splits", default="runs/pipeline/splits.json", help="the standard split whose test records are kept out")
+    ap.add_argument("--runs", default="runs/recipe-ablation")
+    ap.add_argument("--report", default=str(HERE / "reports" / "recipe-ablation"))
+    args = ap.parse_args()
+    variants = yaml.safe_load(Path(args.variants).read_text())
+    names = args.only.split(",") if args.only else list(variants)
+    runs, report = Path(args.runs), Path(args.report)
+    splits = selection_splits(Path(args.splits), Path(args.data), runs)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for name in names:
+        for seed in seeds:
+            run_variant(name, list(variants[name]["set"]), seed, Path(args.data), splits, runs)
+            rows = [run_variant(n, list(variants[n]["set"]), s, Path(args.data), splits, runs)
+                    for n in variants for s in seeds if (runs / f"{n}-seed{s}" / "results.json").is_file()]
+            write_table(rows, variants, report)
+    print((report / "ablation.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
