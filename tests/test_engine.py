@@ -122,3 +122,23 @@ def test_end_of_round_keeps_the_best_weights_and_stops_early(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / METRICS_FILE)))
     assert [float(r["val_acc"]) for r in rows] == [0.5, 0.7, 0.6, 0.65]
     assert trainer.fit().round == 4  # stopped: nothing more is trained
+
+
+def test_weight_average_is_what_is_kept_and_it_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    full = make_trainer(tmp_path / "full", rounds=4, ema_decay=0.9)
+    full.fit()
+    average = full.kept_model().state_dict()
+    trained = full.model.state_dict()
+    assert any(not torch.equal(average[k], trained[k]) for k in trained)  # an average, not the last weights
+    best = load_file(str(tmp_path / "full" / BEST_FILE))
+    upto = make_trainer(tmp_path / "upto", rounds=full.state.best_round, ema_decay=0.9)
+    upto.fit()  # the average at the best round is what best.safetensors holds
+    assert best.keys() == average.keys() and all(torch.equal(best[k], upto.kept_model().state_dict()[k]) for k in best)
+    part = make_trainer(tmp_path / "part", rounds=2, ema_decay=0.9)
+    part.fit()
+    resumed = make_trainer(tmp_path / "part", rounds=4, ema_decay=0.9)
+    resumed.fit()
+    for k, v in average.items():
+        assert torch.equal(v, resumed.kept_model().state_dict()[k]), k

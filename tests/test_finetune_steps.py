@@ -113,3 +113,30 @@ def test_recipe_options_train_and_balanced_sampling_evens_the_classes(records, t
     assert share.min() > 0.1 and natural.max() > 0.5 > share.max()  # N dominates the records, not the draws
     state = trainer.fit()
     assert state.round == 1 and np.isfinite(state.history[0]["train_loss"])
+
+
+def test_calibrated_card_carries_its_biases_to_every_prediction(records, tmp_path):
+    """calibrate=true: biases fitted on validation go into the card; Classifier applies them; the card stays verifiable."""
+    import json as _json
+    import shutil
+
+    from ecgtl.evaluate.inference import Classifier
+    from ecgtl.train.finetune import run_finetune
+
+    by_name, cinc = records
+    small = tmp_path / "cinc"  # a CinC folder of the 160 records, so the run takes seconds
+    small.mkdir()
+    for n in by_name:
+        for ext in (".mat", ".hea"):
+            shutil.copy(cinc.folder / f"{n}{ext}", small)
+    (small / "RECORDS").write_text("\n".join(by_name) + "\n")
+    (small / "REFERENCE-v3.csv").write_text("".join(f"{n},{r.label}\n" for n, r in by_name.items()))
+    cfg = _cfg(tmp_path / "run", f"data={small}", "fs=100", "crop_seconds=20.48", "hop_seconds=10.24", "model.width=0.125",
+               "epochs=1", "batch_size=32", "bootstrap=0", "calibrate=true", "device=cpu")
+    run_finetune(cfg, progress=False)
+    card = _json.loads((tmp_path / "run" / "model.json").read_text())
+    assert len(card["class_bias"]) == 4 and card["class_bias"][0] == 0 and any(card["class_bias"])  # it moved a decision
+    rows = (tmp_path / "run" / "predictions_test.csv").read_text().splitlines()[1:]
+    predicted = {r.split(",")[0]: r.split(",")[2] for r in rows}
+    probs = Classifier(tmp_path / "run").predict_proba([by_name[n].signal for n in predicted], 300)  # the card verifies and loads
+    assert [CINC_CLASSES[i] for i in probs.argmax(1)] == list(predicted.values())  # the same biased decisions

@@ -14,7 +14,7 @@ import numpy as np
 
 from ecgtl.evaluate.metrics import macro_f1
 
-__all__ = ["apply_class_bias", "biased_scores", "fit_class_bias"]
+__all__ = ["apply_class_bias", "biased_probabilities", "biased_scores", "fit_class_bias"]
 
 DEFAULT_GRID = np.round(np.arange(-2.0, 2.0001, 0.1), 2)  # log-probability offsets
 
@@ -23,6 +23,16 @@ def biased_scores(probs: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """``log p + bias`` per class (the argmax is the decision); ``bias=None`` gives ``log p``."""
     scores = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))
     return scores if bias is None else scores + np.asarray(bias, dtype=np.float64)
+
+
+def biased_probabilities(probs: np.ndarray, bias) -> np.ndarray:
+    """``softmax(log p + bias)``: probabilities whose argmax is the biased decision (``bias`` None or empty: ``probs``)."""
+    if bias is None or len(bias) == 0:
+        return probs
+    scores = biased_scores(probs, bias)
+    scores -= scores.max(1, keepdims=True)
+    e = np.exp(scores)
+    return (e / e.sum(1, keepdims=True)).astype(np.asarray(probs).dtype)
 
 
 def apply_class_bias(probs: np.ndarray, bias: np.ndarray | None) -> np.ndarray:

@@ -346,6 +346,8 @@ def run_export(checkpoint: str, out: str, verify_data: str | None = None, verify
         proto = onnx.load(str(tmp_path))
         meta = {"fs_hz": clf.fs, "normalization_mean_mv": clf.normalization.mean, "normalization_std_mv": clf.normalization.std,
                 "classes": ",".join(clf.classes), "window_samples": clf.window, "hop_samples": clf.hop, "input": clf.input}
+        if clf.card.get("class_bias"):  # decisions of a calibrated model: argmax(log_softmax(logits) + bias)
+            meta["class_bias_on_log_softmax"] = ",".join(f"{b:.6g}" for b in clf.card["class_bias"])
         for k, v in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = k, str(v)

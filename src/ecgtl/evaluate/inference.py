@@ -20,6 +20,7 @@ from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc_dataset import CincPaperDataset, CincWindowDataset, aggregate_windows, prepare_cinc
 from ecgtl.data.transforms import Normalization
 from ecgtl.errors import ConfigError, DataError
+from ecgtl.evaluate.calibration import biased_probabilities
 from ecgtl.fileio import atomic_write
 from ecgtl.models.card import model_from_card, read_card
 from ecgtl.runtime import resolve_device
@@ -128,7 +129,8 @@ class Classifier:
     def predict_proba(self, signals: list[np.ndarray], fs: float | list[float]) -> np.ndarray:
         """Class probabilities, shape (n_recordings, n_classes); all finite (else a :class:`DataError` naming the card)."""
         ds = inference_dataset(self.preprocess(signals, fs), self.input, self.window, self.hop, self.paper_samples)
-        return predict_dataset(self.model, ds, self.batch_size, self.device, source=self.card["_card_path"])
+        probs = predict_dataset(self.model, ds, self.batch_size, self.device, source=self.card["_card_path"])
+        return biased_probabilities(probs, self.card.get("class_bias"))  # decision biases fitted on validation, if any
 
 
 def check_recording(signal: np.ndarray, fs: float, source: str) -> np.ndarray:

@@ -167,7 +167,9 @@ class Trainer:
     moves nothing: the step function puts tensors on the device). ``evaluate(model, round)``
     returns a dict of metrics; ``monitor`` names the one that selects the best model
     (higher is better unless ``mode="min"``). ``on_round_start(model, round)`` may freeze or
-    unfreeze parameters (fine-tuning schedules).
+    unfreeze parameters (fine-tuning schedules). ``ema_decay`` > 0 keeps an exponential moving
+    average of the weights and batch-norm statistics (updated after every optimiser step); the
+    average is what is evaluated and kept as the best weights, and it is checkpointed.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -177,8 +179,10 @@ class Trainer:
                  patience: int | None = None, scheduler=None, seed: int = 0, device: torch.device | None = None,
                  amp: bool = False, on_round_start: Callable[[torch.nn.Module, int], None] | None = None,
                  steps_per_round: int | None = None, progress: bool = True, best_metadata: dict | None = None,
-                 is_main: bool = True, checkpoint_every: int | None = None):
+                 is_main: bool = True, checkpoint_every: int | None = None, ema_decay: float = 0.0):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.ema = (torch.optim.swa_utils.AveragedModel(unwrap(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay),
+                                                        use_buffers=True) if ema_decay else None)
         self.step_fn, self.make_batches, self.evaluate = step_fn, make_batches, evaluate
         self.out = Path(out_dir)
         self.rounds, self.monitor, self.mode, self.patience = rounds, monitor, mode, patience
@@ -201,6 +205,7 @@ class Trainer:
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "state": json.dumps(asdict(self.state)),
             # the random stream of an unfinished round (dropout), so a mid-round resume is exact
             "rng_cpu": torch.get_rng_state(),
@@ -235,6 +240,10 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if self.scheduler is not None and ckpt["scheduler"] is not None:
                 self.scheduler.load_state_dict(ckpt["scheduler"])
+            if self.ema is not None:
+                if "ema" not in ckpt:
+                    raise KeyError("the checkpoint holds no weight average (ema_decay was off when it was written)")
+                self.ema.load_state_dict(ckpt["ema"])
         except (RuntimeError, ValueError, TypeError, KeyError) as exc:
             raise _unusable_checkpoint(path, f"checkpoint does not fit this run's model or optimiser ({str(exc)[:200]})") from None
         self.state = state
@@ -298,12 +307,19 @@ class Trainer:
         if self.is_main or not distributed:
             self.model.eval()
             with torch.no_grad():
-                metrics = self.evaluate(unwrap(self.model), r)
+                metrics = self.evaluate(self.kept_model(), r)
         if distributed:
             box = [metrics]
             torch.distributed.broadcast_object_list(box, src=0)
             metrics = box[0]
         return metrics
+
+    def kept_model(self) -> torch.nn.Module:
+        """The weights that are evaluated and kept: the moving average if there is one, else the trained model."""
+        if self.ema is not None:
+            self.ema.eval()
+            return self.ema.module
+        return unwrap(self.model)
 
     def _check_resume_agrees(self, found: bool) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -385,6 +401,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.model))
         if self.scheduler is not None:
             self.scheduler.step()
         self.state.step += 1
@@ -405,7 +423,7 @@ class Trainer:
             if self.is_main:
                 pending = self.out / BEST_PENDING_FILE
                 with write_guard(pending):
-                    save_weights(unwrap(self.model).state_dict(), pending,
+                    save_weights(self.kept_model().state_dict(), pending,
                                  {**self.best_metadata, "round": str(r + 1), self.monitor: str(value)})
                 self.state.best_sha256 = file_sha256(pending)
         else:

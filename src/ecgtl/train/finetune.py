@@ -32,6 +32,7 @@ from ecgtl.data.cinc_dataset import CincCropDataset, CincPaperDataset, prepare_c
 from ecgtl.data.splits import kfold_splits, load_splits, make_splits, save_splits, subset_labels
 from ecgtl.data.transforms import PAPER_CINC, Normalization
 from ecgtl.errors import ConfigError
+from ecgtl.evaluate.calibration import biased_probabilities, fit_class_bias
 from ecgtl.evaluate.inference import inference_dataset, predict_dataset, write_predictions
 from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_class, format_report, macro_f1
 from ecgtl.fileio import atomic_write
@@ -230,13 +231,16 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
     return Trainer(model, optimizer, step_fn, make_batches, evaluate, out, rounds=cfg.epochs,
                    monitor="val_macro_f1", patience=cfg.patience, scheduler=scheduler, seed=cfg.seed, device=device,
                    amp=cfg.amp, on_round_start=on_round_start if cfg.freeze_epochs else None,
-                   steps_per_round=steps_per_round, progress=progress,
+                   steps_per_round=steps_per_round, progress=progress, ema_decay=cfg.ema_decay,
                    best_metadata={"architecture": unwrap(model).model_name, "fs": cfg.fs})
 
 
 def score_best_model(cfg: FinetuneConfig, data: FinetuneData, out: Path, device: torch.device, best_round: int) -> dict:
-    """The best model (chosen on validation, read back from its card) scored on val and test: reports and predictions."""
-    best, _ = model_from_card(out / "model.json")
+    """The best model (chosen on validation, read back from its card) scored on val and test: reports and predictions.
+
+    With the card's ``class_bias`` (``calibrate``), the probabilities are the biased ones, as every inference path gives them.
+    """
+    best, card = model_from_card(out / "model.json")
     best.to(device)
     results = {}
     for part in ("val", "test"):
@@ -245,6 +249,7 @@ def score_best_model(cfg: FinetuneConfig, data: FinetuneData, out: Path, device:
         t = time.perf_counter()
         probs = predict_dataset(best, _eval_dataset(cfg, data.signals[part]), cfg.eval_batch_size, device,
                                 source=out / "model.json")
+        probs = biased_probabilities(probs, card.get("class_bias"))
         seconds = time.perf_counter() - t
         report = classification_report(data.labels[part], probs, n_boot=cfg.bootstrap, seed=cfg.seed, split=part)
         report["inference_records_per_s"] = len(probs) / seconds
@@ -282,15 +287,27 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
 
 def _write_outputs(cfg: FinetuneConfig, data: FinetuneData, out: Path, device: torch.device, state, architecture: str,
                    width: float, train_minutes: float) -> dict:
-    """The card (for the weights the engine recorded), the scores of the best model, the curves, ``results.json``."""
-    write_card(out / "model.json", out / BEST_FILE, expected_sha256=state.best_sha256 or None,
-               architecture=architecture, width=width,
-               num_classes=NUM_CLASSES, classes=list(CINC_CLASSES), fs=cfg.fs,
-               normalization={"mean": data.normalization.mean, "std": data.normalization.std, "units": "mV"},
-               input=cfg.input, window_samples=int(round(cfg.crop_seconds * cfg.fs)),
-               hop_samples=int(round(cfg.hop_seconds * cfg.fs)), paper_samples=cfg.paper_samples,
-               task="cinc2017", init=cfg.init, seed=cfg.seed, best_round=state.best_round,
-               rounds_run=state.round, steps=state.step, train_records=len(data.train_names), config=to_dict(cfg))
+    """The card (for the weights the engine recorded), the scores of the best model, the curves, ``results.json``.
+
+    With ``calibrate``, per-class decision biases are fitted on the validation records' probabilities
+    and written into the card (``class_bias``), so every reader of the card applies them.
+    """
+    fields = dict(architecture=architecture, width=width,
+                  num_classes=NUM_CLASSES, classes=list(CINC_CLASSES), fs=cfg.fs,
+                  normalization={"mean": data.normalization.mean, "std": data.normalization.std, "units": "mV"},
+                  input=cfg.input, window_samples=int(round(cfg.crop_seconds * cfg.fs)),
+                  hop_samples=int(round(cfg.hop_seconds * cfg.fs)), paper_samples=cfg.paper_samples,
+                  task="cinc2017", init=cfg.init, seed=cfg.seed, best_round=state.best_round,
+                  rounds_run=state.round, steps=state.step, train_records=len(data.train_names), config=to_dict(cfg))
+    write_card(out / "model.json", out / BEST_FILE, expected_sha256=state.best_sha256 or None, **fields)
+    if cfg.calibrate:
+        best, _ = model_from_card(out / "model.json")
+        val_probs = predict_dataset(best.to(device), _eval_dataset(cfg, data.signals["val"]), cfg.eval_batch_size, device,
+                                    source=out / "model.json")
+        bias, val_f1 = fit_class_bias(val_probs, data.labels["val"])
+        print(f"calibration on {len(val_probs)} validation records: class biases {np.round(bias, 2).tolist()}, "
+              f"validation macro-F1 {macro_f1(data.labels['val'], val_probs.argmax(1), NUM_CLASSES):.3f} -> {val_f1:.3f}")
+        write_card(out / "model.json", out / BEST_FILE, expected_sha256=state.best_sha256 or None, class_bias=bias.tolist(), **fields)
     results = {"best_round": state.best_round, "rounds_run": state.round, "stopped_early": state.stopped_early,
                "train_minutes_this_session": round(train_minutes, 2), **score_best_model(cfg, data, out, device, state.best_round)}
     plot_curves(out / "metrics.csv", out / "curves.png")
