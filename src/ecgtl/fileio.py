@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half of one.
+"""Atomic file writes (a reader, or a resumed run, sees the old file or the new one, never half of one),
+and the writer lock of a shared folder.
 
 One function for every writer of the project (store manifests, splits, model cards,
 metrics, checkpoints): the bytes go to a uniquely named temporary file in the same folder,
@@ -11,9 +12,16 @@ command line use it without loading PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -46,3 +54,36 @@ def _naming(exc: OSError, path: Path) -> OSError:
     if exc.errno is None:
         return exc
     return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path))
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, busy: Callable[[str], Exception],
+                   unusable: Callable[[OSError], Exception]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if needed) for the ``with`` block.
+
+    Another holder makes it raise ``busy(pid)`` (the pid the holder wrote into the file) at
+    once, never wait; a lock file that cannot be created raises ``unusable(error)``. The
+    system releases the lock when the holder's process ends, however it ends, so a killed
+    run never blocks the next one.
+    """
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    try:
+        fh = open(path, "a+")  # noqa: SIM115 - held for the whole block
+    except OSError as exc:
+        raise unusable(exc) from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            raise busy(fh.read().strip() or "?") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -48,12 +48,7 @@ from ecgtl import __version__
 from ecgtl.constants import BEAT_CLASSES, RHYTHM_CLASSES
 from ecgtl.data.recording import PatientReader
 from ecgtl.errors import DataError, EcgtlError
-from ecgtl.fileio import atomic_write
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: no lock
-    fcntl = None
+from ecgtl.fileio import atomic_write, exclusive_lock
 
 STORE_FORMAT = "ecgtl-store"
 STORE_VERSION = 1
@@ -196,30 +191,13 @@ def _writable_store(root: Path) -> None:
 def store_lock(root: str | os.PathLike) -> Iterator[None]:
     """Hold the store's writer lock, or raise :class:`DataError` if another process holds it."""
     root = Path(root)
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
     path = root / LOCK_FILE
-    try:
-        fh = open(path, "a+")  # noqa: SIM115 - held for the whole run
-    except OSError as exc:
-        raise DataError(path, f"cannot create the store's lock file ({exc.strerror}); give a writable folder as --out") from None
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            pid = fh.read().strip() or "?"
-            raise DataError(root, f"another `ecgtl prepare` is writing to this store (pid {pid}); "
-                                  "wait for it to finish or use another --out") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive_lock(path,
+                        busy=lambda pid: DataError(root, f"another `ecgtl prepare` is writing to this store (pid {pid}); "
+                                                         "wait for it to finish or use another --out"),
+                        unusable=lambda e: DataError(path, f"cannot create the store's lock file ({e.strerror}); "
+                                                           "give a writable folder as --out")):
+        yield
 
 
 def _prepare_locked(root: Path, jobs: Sequence[tuple[str, Callable[[], PatientReader]]], workers: int,

@@ -22,11 +22,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: no lock, as before
-    fcntl = None
-
 from ecgtl.data.download.catalog import DEFAULT_MIRROR, Database, parse_patients, resolve_database
 from ecgtl.data.download.checksums import CHECKSUM_FILE, parse_sha256sums
 from ecgtl.data.download.extract import extract_archive
@@ -34,6 +29,7 @@ from ecgtl.data.download.fetch import DEFAULT_RETRIES, Progress, fetch_file
 from ecgtl.data.download.report import DownloadReport, FileResult
 from ecgtl.data.download.sources import DEFAULT_MIN_SPEED, DEFAULT_STALL_S, DEFAULT_TIMEOUT_S, Source, make_source
 from ecgtl.errors import ConfigError, DownloadError
+from ecgtl.fileio import exclusive_lock
 
 __all__ = ["DEFAULT_WORKERS", "download"]
 
@@ -95,31 +91,13 @@ def _folder_lock(root: Path) -> Iterator[None]:
     """Hold the lock of one database folder, or raise :class:`DownloadError` if another
     download holds it. The lock file sits next to the folder (``.<version>.download.lock``)
     and is released by the system when the process ends, however it ends."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
     path = root.parent / f".{root.name}.download.lock"
-    try:
-        fh = open(path, "a+")  # noqa: SIM115 - held for the whole job
-    except OSError as e:
-        raise DownloadError(f"{path}: cannot create the lock file ({e.strerror}); give a writable folder as --dest") from None
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            pid = fh.read().strip() or "?"
-            raise DownloadError(
-                f"another `ecgtl download` is writing to {root} (pid {pid}); wait for it to finish or use another --dest"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive_lock(path,
+                        busy=lambda pid: DownloadError(f"another `ecgtl download` is writing to {root} (pid {pid}); "
+                                                       "wait for it to finish or use another --dest"),
+                        unusable=lambda e: DownloadError(f"{path}: cannot create the lock file ({e.strerror}); "
+                                                         "give a writable folder as --dest")):
+        yield
 
 
 def download(
