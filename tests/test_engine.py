@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ecgtl.errors import EcgtlError
 from ecgtl.train.engine import BEST_FILE, CHECKPOINT_FILE, METRICS_FILE
 from engine_toy import make_trainer
 
@@ -108,6 +109,7 @@ def test_one_step_moves_the_weights_and_a_nan_loss_never_reaches_them(tmp_path):
         raise AssertionError("a NaN loss was accepted")
     except FloatingPointError as err:
         assert "non-finite loss" in str(err) and "step 2" in str(err)
+        assert isinstance(err, EcgtlError)  # the command line prints it as a message, not a traceback
     assert trainer.state.step == 1
     assert all(torch.equal(moved[k], v) for k, v in trainer.model.state_dict().items())
 

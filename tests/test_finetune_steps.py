@@ -38,6 +38,10 @@ def test_splits_are_made_once_then_reused_and_checked(records, tmp_path):
     saved = json.loads((tmp_path / "splits.json").read_text())
     assert saved["meta"]["seed"] == 0 and saved["meta"]["label_file"].endswith("REFERENCE-v3.csv")
     assert resolve_splits(_cfg(tmp_path), tmp_path, by_name, cinc) == first  # reused as made
+    moved = json.loads((tmp_path / "splits.json").read_text())
+    moved["meta"]["label_file"] = "elsewhere/relative/REFERENCE-v3.csv"  # made from another path to the same labels
+    (tmp_path / "splits.json").write_text(json.dumps(moved))
+    assert resolve_splits(_cfg(tmp_path), tmp_path, by_name, cinc) == first
     with pytest.raises(ConfigError, match="split_seed"):  # never reused under other split settings
         resolve_splits(_cfg(tmp_path, "split_seed=5"), tmp_path, by_name, cinc)
     fewer = {n: r for n, r in by_name.items() if n != first["test"][0]}

@@ -502,25 +502,27 @@ RESUMABLE_CHANGES = {"epochs", "rounds", "checkpoint_every", "patience", "out", 
                      "eval_batch_size"}
 
 
+#: files that make a run folder's config binding: what training wrote
+TRAINING_STATE_FILES = {"checkpoint.pt", "best.safetensors", "best-pending.safetensors", "metrics.csv", "model.json",
+                        "backbone.safetensors"}
+
+
 def save_or_check_config(cfg, path: str | os.PathLike, canonical=None) -> None:
     """Write the run's config, or, when the run folder already holds a run, refuse a different one.
 
-    A run folder belongs to one configuration as soon as it holds anything that run made
-    besides ``config.yaml`` (a checkpoint, but also ``splits.json`` or a training-set record
-    written before the first checkpoint, weights, logs): rerunning there under other
-    settings would mix two experiments in one result, or reuse state made for the old
-    settings while ``config.yaml`` claims the new ones. Only the fields of
-    :data:`RESUMABLE_CHANGES` may differ (e.g. more epochs). A folder with ``config.yaml``
-    alone holds nothing of the old run, so the new config simply replaces it. Fields the
+    A run folder belongs to one configuration as soon as it holds training state (a
+    checkpoint, weights, a metrics log, a card): resuming it under other settings would mix
+    two experiments in one result. Only the fields of :data:`RESUMABLE_CHANGES` may differ
+    (e.g. more epochs). Before that (a run that failed at start-up, e.g. out of GPU memory)
+    the new config replaces the old one; the files written before training guard themselves
+    (``splits.json`` its split settings, pre-training's ``training_set.json`` its patients). Fields the
     saved config lacks (added in a later version) count as their defaults; ``canonical(dict)``
     may rewrite both sides before the comparison (e.g. an older model name to its current one).
     """
     path = Path(path)
     canonical = canonical or (lambda d: d)
     new = canonical(_plain(to_dict(cfg)))
-    # leftovers of a killed atomic write (".name.XXXX.tmp") are no state of a run
-    state = [p.name for p in path.parent.iterdir() if p.name != path.name and not (p.name.startswith(".") and p.name.endswith(".tmp"))] \
-        if path.parent.is_dir() else []
+    state = [p.name for p in path.parent.iterdir() if p.name in TRAINING_STATE_FILES] if path.parent.is_dir() else []
     if path.is_file() and state:
         try:
             saved = yaml.safe_load(path.read_text()) or {}

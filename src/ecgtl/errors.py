@@ -28,3 +28,7 @@ class DownloadError(EcgtlError):
 
 class ConfigError(EcgtlError):
     """A configuration or command-line value is invalid."""
+
+
+class TrainingDiverged(EcgtlError, FloatingPointError):
+    """Training produced a non-finite loss or non-finite weights; nothing non-finite was checkpointed."""

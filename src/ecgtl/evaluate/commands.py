@@ -270,7 +270,7 @@ def _json_safe(result: dict) -> dict:
         return {"file": result.get("file"), "error": f"{result.get('file')}: non-finite value in the result {result!r}"}
 
 
-def run_predict(files: list[str], checkpoint: str, fs: float | None = None, lead: str = "0", gain: float | None = None,
+def run_predict(files: list[str], checkpoint: str, fs: float | None = None, lead: str | None = None, gain: float | None = None,
                 as_json: bool = False, device: str = "cpu") -> int:
     """Classify each file; a file that fails (or whose probabilities are not finite) gets an error, never a class.
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ecgtl.errors import ConfigError, DataError
+from ecgtl.errors import ConfigError, DataError, TrainingDiverged
 from ecgtl.fileio import atomic_write
 from ecgtl.models.card import file_sha256, save_weights
 from ecgtl.runtime import unwrap
@@ -268,7 +268,7 @@ class Trainer:
         """Never checkpoint non-finite weights (a step with a finite loss can still overflow them)."""
         bad = _non_finite(unwrap(self.model).state_dict())
         if bad:
-            raise FloatingPointError(f"{self.out}: non-finite weights {bad[:3]} in round {r + 1}, step {self.state.step}; "
+            raise TrainingDiverged(f"{self.out}: non-finite weights {bad[:3]} in round {r + 1}, step {self.state.step}; "
                                      f"the last checkpoint ({self.out / CHECKPOINT_FILE}) is kept: lower optim.lr")
 
     def _write_metrics(self) -> None:
@@ -397,7 +397,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             loss, n = self.step_fn(self.model, batch)
         if not torch.isfinite(loss):  # never let NaN weights reach a checkpoint
-            raise FloatingPointError(f"{self.out}: non-finite loss {float(loss)} in round {r + 1}, step {self.state.step + 1}")
+            raise TrainingDiverged(f"{self.out}: non-finite loss {float(loss)} in round {r + 1}, step {self.state.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

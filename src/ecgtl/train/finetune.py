@@ -37,7 +37,7 @@ from ecgtl.evaluate.inference import inference_dataset, predict_dataset, write_p
 from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_class, format_report, macro_f1
 from ecgtl.fileio import atomic_write
 from ecgtl.models import create_model
-from ecgtl.models.card import model_from_card, write_card
+from ecgtl.models.card import load_weights, model_from_card, write_card
 from ecgtl.models.registry import HEAD_PREFIX, resolve_name, with_current_model_name
 from ecgtl.runtime import resolve_device, unwrap
 from ecgtl.train.engine import BEST_FILE, Trainer, build_optimizer, round_seed, write_guard
@@ -73,8 +73,12 @@ def read_labelled_records(cfg: FinetuneConfig, progress: bool = True) -> tuple[d
 
 
 def _split_settings(cfg: FinetuneConfig, label_file) -> dict:
-    """The settings that decide a made split, as :func:`save_splits` records them in the file's meta."""
-    settings = {"seed": cfg.split_seed, "label_file": str(label_file), "folds": cfg.folds, "val_fraction": cfg.val_fraction}
+    """The settings that decide a made split, as :func:`save_splits` records them in the file's meta.
+
+    The label file counts by its name (``REFERENCE-v3.csv`` vs ``REFERENCE.csv``), not its path: a
+    run folder made with a relative ``data`` path, or moved to another machine, is the same run.
+    """
+    settings = {"seed": cfg.split_seed, "label_file": Path(str(label_file)).name, "folds": cfg.folds, "val_fraction": cfg.val_fraction}
     if cfg.folds:
         settings["fold"] = cfg.fold
     else:
@@ -92,6 +96,7 @@ def _check_made_splits(split_file: Path, meta: dict, cfg: FinetuneConfig, label_
                           "its own (splits is not set): pass the same splits=..., use another --out, or delete "
                           f"{split_file} to make new splits")
     want = _split_settings(cfg, label_file)
+    meta = {**meta, **({"label_file": Path(str(meta["label_file"])).name} if "label_file" in meta else {})}
     differ = [k for k, v in want.items() if k in meta and meta[k] != v]
     if differ:
         said = ", ".join(f"{_SETTING_NAME.get(k, k)}={meta[k]!r}" for k in differ)
@@ -299,15 +304,16 @@ def _write_outputs(cfg: FinetuneConfig, data: FinetuneData, out: Path, device: t
                   hop_samples=int(round(cfg.hop_seconds * cfg.fs)), paper_samples=cfg.paper_samples,
                   task="cinc2017", init=cfg.init, seed=cfg.seed, best_round=state.best_round,
                   rounds_run=state.round, steps=state.step, train_records=len(data.train_names), config=to_dict(cfg))
-    write_card(out / "model.json", out / BEST_FILE, expected_sha256=state.best_sha256 or None, **fields)
-    if cfg.calibrate:
-        best, _ = model_from_card(out / "model.json")
+    if cfg.calibrate:  # before the card is written, so that no card without the biases ever exists
+        best = create_model(architecture, num_classes=NUM_CLASSES, width=width)
+        best.load_state_dict(load_weights(out / BEST_FILE, expected_sha256=state.best_sha256 or None))
         val_probs = predict_dataset(best.to(device), _eval_dataset(cfg, data.signals["val"]), cfg.eval_batch_size, device,
-                                    source=out / "model.json")
+                                    source=out / BEST_FILE)
         bias, val_f1 = fit_class_bias(val_probs, data.labels["val"])
         print(f"calibration on {len(val_probs)} validation records: class biases {np.round(bias, 2).tolist()}, "
               f"validation macro-F1 {macro_f1(data.labels['val'], val_probs.argmax(1), NUM_CLASSES):.3f} -> {val_f1:.3f}")
-        write_card(out / "model.json", out / BEST_FILE, expected_sha256=state.best_sha256 or None, class_bias=bias.tolist(), **fields)
+        fields["class_bias"] = bias.tolist()
+    write_card(out / "model.json", out / BEST_FILE, expected_sha256=state.best_sha256 or None, **fields)
     results = {"best_round": state.best_round, "rounds_run": state.round, "stopped_early": state.stopped_early,
                "train_minutes_this_session": round(train_minutes, 2), **score_best_model(cfg, data, out, device, state.best_round)}
     plot_curves(out / "metrics.csv", out / "curves.png")

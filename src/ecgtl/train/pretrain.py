@@ -158,6 +158,14 @@ def _set_change(name: str, old: list[str], new: list[str]) -> str:
     return f"{name} patients: {len(old)} -> {len(new)}, " + ", ".join(p for p in parts if p)
 
 
+def _rounds_done(out: Path) -> int:
+    """Rounds the run folder's checkpoint has completed (0 without a readable one; the resume reports damage)."""
+    try:
+        return int(json.loads(torch.load(out / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["state"])["round"])
+    except Exception:  # missing or damaged: Trainer.resume raises the clear error
+        return 0
+
+
 def check_training_set(job: PretrainJob, out: Path, write: bool = True) -> None:
     """Record the run's training set at its start (``training_set.json``); on a resume, refuse another one.
 
@@ -170,6 +178,10 @@ def check_training_set(job: PretrainJob, out: Path, write: bool = True) -> None:
     if (out / CHECKPOINT_FILE).is_file() and path.is_file():
         try:
             then = json.loads(path.read_text())
+            if _rounds_done(out) >= job.cfg.rounds:  # finished: nothing more is trained; the card describes what was
+                job.train_ids, job.val_ids = list(then["train_ids"]), list(then["val_ids"])
+                job.normalization = (float(then["normalization"]["mean"]), float(then["normalization"]["std"]))
+                return
             old_norm = (float(then["normalization"]["mean"]), float(then["normalization"]["std"]))
             changes = [_set_change(part, then[f"{part}_ids"], now[f"{part}_ids"]) for part in ("train", "val")
                        if then[f"{part}_sha256"] != now[f"{part}_sha256"]]
