@@ -25,8 +25,9 @@ from ecgtl.data.wfdb_database import database_records
 from ecgtl.errors import ConfigError, DataError
 from ecgtl.evaluate.commands import run_export
 from ecgtl.evaluate.inference import Classifier
+from ecgtl.fileio import file_sha256
 from ecgtl.models import create_model
-from ecgtl.models.card import file_sha256, load_card_weights, save_weights, write_card
+from ecgtl.models.card import load_card_weights, save_weights, write_card
 from ecgtl.train import finetune as finetune_module
 from ecgtl.train.engine import BEST_FILE, BEST_PENDING_FILE, CHECKPOINT_FILE, METRICS_FILE, Trainer
 from ecgtl.train.finetune import build_model, resolve_splits, run_finetune

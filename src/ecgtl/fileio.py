@@ -13,6 +13,7 @@ command line use it without loading PyTorch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -87,3 +88,12 @@ def exclusive_lock(path: str | os.PathLike, busy: Callable[[str], Exception],
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's bytes, read in pieces of ``chunk`` bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -42,15 +42,6 @@ def git_commit() -> str | None:
         return None
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _card_digest(card: dict) -> str:
     """Digest of a card's own fields (not the digest itself, not the ``_`` paths added on reading)."""
     fields = {k: v for k, v in card.items() if k != _CARD_DIGEST and not k.startswith("_")}

@@ -41,8 +41,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ecgtl.errors import ConfigError, DataError, TrainingDiverged
-from ecgtl.fileio import atomic_write
-from ecgtl.models.card import file_sha256, save_weights
+from ecgtl.fileio import atomic_write, file_sha256
+from ecgtl.models.card import save_weights
 from ecgtl.runtime import unwrap
 
 CHECKPOINT_FILE, BEST_FILE, METRICS_FILE = "checkpoint.pt", "best.safetensors", "metrics.csv"

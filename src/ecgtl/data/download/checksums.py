@@ -6,13 +6,13 @@ the list comes from the network and decides where files are written.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ecgtl.data.download.paths import path_problem
 from ecgtl.errors import DownloadError
+from ecgtl.fileio import file_sha256
 
 __all__ = ["CHECKSUM_FILE", "CHUNK", "parse_sha256sums", "sha256_file"]
 
@@ -50,8 +50,4 @@ def parse_sha256sums(lines: Iterable[str], keep: Callable[[str], bool] | None = 
 
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of the file at ``path``, read in :data:`CHUNK`-sized pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path, CHUNK)
