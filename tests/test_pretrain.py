@@ -141,7 +141,7 @@ def _two_rank_reference(cfg, out, loss_of):
             loaders = []
             for s in shards:
                 s.set_round(r)
-                loaders.append(torch.utils.data.DataLoader(s, batch_size=cfg.batch_size, drop_last=True))
+                loaders.append(torch.utils.data.DataLoader(s, batch_size=None))  # the sampler yields whole batches
             yield from zip(*loaders)
 
         def step_fn(model, batch):

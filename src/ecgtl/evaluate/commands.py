@@ -30,7 +30,7 @@ from ecgtl.evaluate.metrics import classification_report, format_report
 
 # --------------------------------------------------------------------------- evaluate
 def run_evaluate(checkpoint: str, data: str, labels: str = "v3", out: str | None = None, n_boot: int = 1000,
-                 device: str = "cpu", progress: bool = True) -> dict:
+                 device: str = "auto", progress: bool = True) -> dict:
     clf = Classifier(checkpoint, device=device)
     cinc = Cinc2017(data, labels=labels)
     if not cinc.labels:
@@ -271,7 +271,7 @@ def _json_safe(result: dict) -> dict:
 
 
 def run_predict(files: list[str], checkpoint: str, fs: float | None = None, lead: str | None = None, gain: float | None = None,
-                as_json: bool = False, device: str = "cpu") -> int:
+                as_json: bool = False, device: str = "auto") -> int:
     """Classify each file; a file that fails (or whose probabilities are not finite) gets an error, never a class.
 
     With ``as_json`` the output is always valid JSON (no NaN/Infinity), one entry per file, also
@@ -415,7 +415,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--labels", default="v3", help="v3 (default), original, or a label file")
     p.add_argument("--out", help="output folder (default: <run>/evaluate-<data folder name>-<hash of its path>)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% intervals")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:1")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=lambda a: 0 if run_evaluate(a.checkpoint, a.data, a.labels, a.out, a.bootstrap, a.device,
                                                     not a.no_progress) else 1)
@@ -429,7 +429,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gain", type=_positive_gain, help="raw units per mV of CSV/NumPy values not in mV (e.g. 1000 for "
                                                        "CinC 2017 counts, 0.001 for volts)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:1")
     p.set_defaults(func=lambda a: run_predict(a.files, a.checkpoint, a.fs, a.lead, a.gain, a.json, a.device))
 
     p = subparsers.add_parser("export")

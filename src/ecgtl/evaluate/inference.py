@@ -98,7 +98,7 @@ def inference_dataset(signals: list[np.ndarray], input_mode: str, window: int, h
 class Classifier:
     """A fine-tuned model ready to classify recordings (signal in mV at any sampling rate)."""
 
-    def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", batch_size: int = 128):
+    def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", batch_size: int = 128):
         path = find_card(checkpoint)
         self.card = read_card(path)  # the weights are checked against the card by model_from_card
         if self.card.get("task") != "cinc2017" or int(self.card.get("num_classes", 0)) < 2:

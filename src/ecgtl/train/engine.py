@@ -198,6 +198,7 @@ class Trainer:
         self.state = TrainState()
         self._rng: dict | None = None
         self._tb = None
+        self._data_seconds = 0.0
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> dict:
@@ -350,6 +351,7 @@ class Trainer:
             train_seconds = time.perf_counter() - t0
             row = {"round": r + 1, "step": self.state.step, "train_loss": loss_sum / max(items, 1),
                    "train_items_per_s": items / max(train_seconds, 1e-9), "train_seconds": round(train_seconds, 2),
+                   "data_wait_share": round(self._data_seconds / max(train_seconds, 1e-9), 4),
                    "lr": self.optimizer.param_groups[0]["lr"], **self._evaluate(r)}
             self._end_round(row)
         if self._tb:
@@ -377,7 +379,14 @@ class Trainer:
         bar = tqdm(itertools.islice(batches, skip, None), total=self.steps_per_round,
                    initial=skip, desc=f"round {r + 1}/{self.rounds}",
                    unit="batch", leave=False, disable=not (self.progress and self.is_main))
-        for batch in bar:
+        self._data_seconds = 0.0  # time spent waiting for the next batch (the data loader starving the model)
+        batches_left = iter(bar)
+        while True:
+            t_wait = time.perf_counter()
+            batch = next(batches_left, None)
+            self._data_seconds += time.perf_counter() - t_wait
+            if batch is None:
+                break
             loss, n = self._step(batch, r)
             total += loss.detach() * n
             count += n

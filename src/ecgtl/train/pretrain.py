@@ -93,11 +93,12 @@ class PretrainJob:
         return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
 
     def sampler(self, rank: int | None = None, world_size: int | None = None) -> FrameSampler:
+        """This rank's training frames, as whole batches of ``cfg.batch_size`` (read with ``DataLoader(batch_size=None)``)."""
         c = self.cfg
         return FrameSampler(c.store, self.train_ids, self.window_samples, c.frames_per_patient,
                             c.task, seed=c.seed, normalization=self.normalization,
                             rank=self.rank if rank is None else rank,
-                            world_size=self.world_size if world_size is None else world_size)
+                            world_size=self.world_size if world_size is None else world_size, batch_size=c.batch_size)
 
     def step_fn(self, model, batch):
         x, y = batch
@@ -247,8 +248,8 @@ def make_optimizer(job: PretrainJob, steps_per_round: int):
 def make_batches_fn(job: PretrainJob, sampler: FrameSampler):
     def make_batches(r):
         sampler.set_round(r)
-        return torch.utils.data.DataLoader(sampler, batch_size=job.cfg.batch_size, num_workers=job.cfg.num_workers,
-                                           drop_last=True, pin_memory=job.device.type == "cuda")
+        return torch.utils.data.DataLoader(sampler, batch_size=None, num_workers=job.cfg.num_workers,
+                                           pin_memory=job.device.type == "cuda")
     return make_batches
 
 
