@@ -48,3 +48,13 @@ def cinc_folder(mirror) -> Path:
 @pytest.fixture(scope="session")
 def icentia_root(mirror) -> Path:
     return mirror / "icentia11k-continuous-ecg" / "1.0"
+
+
+@pytest.fixture
+def icentia_copy(icentia_root, tmp_path) -> Path:
+    """A writable copy of one Icentia11k segment (patient 0, segment 0) in the WFDB layout, to damage in a test."""
+    folder = tmp_path / "p00" / "p00000"
+    folder.mkdir(parents=True)
+    for ext in ("hea", "dat", "atr"):
+        shutil.copy(icentia_root / "p00" / "p00000" / f"p00000_s00.{ext}", folder)
+    return tmp_path

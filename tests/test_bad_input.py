@@ -25,13 +25,6 @@ def cinc_copy(cinc_folder, tmp_path):
     return tmp_path
 
 
-@pytest.fixture
-def icentia_copy(icentia_root, tmp_path):
-    folder = tmp_path / "p00" / "p00000"
-    folder.mkdir(parents=True)
-    for ext in ("hea", "dat", "atr"):
-        shutil.copy(icentia_root / "p00" / "p00000" / f"p00000_s00.{ext}", folder)
-    return tmp_path
 
 
 def test_truncated_dat(icentia_copy):

@@ -404,13 +404,6 @@ def test_bad_value_on_the_command_line_exits_2_without_traceback(capsys, tmp_pat
 
 
 # ----------------------------------------------------------------------------- C. annotation files
-@pytest.fixture
-def icentia_copy(icentia_root, tmp_path):
-    folder = tmp_path / "p00" / "p00000"
-    folder.mkdir(parents=True)
-    for ext in ("hea", "dat", "atr"):
-        shutil.copy(icentia_root / "p00" / "p00000" / f"p00000_s00.{ext}", folder)
-    return tmp_path
 
 
 @pytest.mark.parametrize("fault", ["empty_0_bytes", "truncated_even", "truncated_odd"])
