@@ -2,6 +2,7 @@
 
     python scripts/recipe_ablation.py [--variants reports/recipe-ablation/variants.yaml] [--seeds 0,1]
         [--only NAME,NAME] [--data DIR] [--splits runs/pipeline/splits.json] [--runs runs/recipe-ablation]
+        [--report reports/recipe-ablation] [--set KEY=VALUE ...] [--table-only]
 
 Protocol (fixed before running): the test records of ``--splits`` (the standard split, seed 0)
 are kept out of everything; the other records are split 80/20 (stratified, seed 1) into a
@@ -99,16 +100,30 @@ def main() -> int:
     ap.add_argument("--splits", default="runs/pipeline/splits.json", help="the standard split whose test records are kept out")
     ap.add_argument("--runs", default="runs/recipe-ablation")
     ap.add_argument("--report", default=str(HERE / "reports" / "recipe-ablation"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override added to every variant (after its own), e.g. epochs=1 for a smoke run")
+    ap.add_argument("--table-only", action="store_true",
+                    help="make the selection split if missing, tabulate the finished runs, train nothing "
+                         "(e.g. before and after runs started side by side with --only)")
     args = ap.parse_args()
     variants = yaml.safe_load(Path(args.variants).read_text())
     names = args.only.split(",") if args.only else list(variants)
     runs, report = Path(args.runs), Path(args.report)
     splits = selection_splits(Path(args.splits), Path(args.data), runs)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.table_only:
+        names = []
+        rows = [run_variant(n, list(variants[n]["set"]) + args.set, s, Path(args.data), splits, runs)
+                for n in variants for s in seeds if (runs / f"{n}-seed{s}" / "results.json").is_file()]
+        if rows:
+            write_table(rows, variants, report)
+        else:
+            print(f"no finished runs in {runs}")
+            return 0
     for name in names:
         for seed in seeds:
-            run_variant(name, list(variants[name]["set"]), seed, Path(args.data), splits, runs)
-            rows = [run_variant(n, list(variants[n]["set"]), s, Path(args.data), splits, runs)
+            run_variant(name, list(variants[name]["set"]) + args.set, seed, Path(args.data), splits, runs)
+            rows = [run_variant(n, list(variants[n]["set"]) + args.set, s, Path(args.data), splits, runs)
                     for n in variants for s in seeds if (runs / f"{n}-seed{s}" / "results.json").is_file()]
             write_table(rows, variants, report)
     print((report / "ablation.md").read_text())

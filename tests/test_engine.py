@@ -148,10 +148,10 @@ def test_weight_average_is_what_is_kept_and_it_resumes_exactly(tmp_path):
 
 def test_every_round_logs_how_long_training_waited_for_data(tmp_path):
     """``data_wait_share``: the share of a round's training time spent waiting for the next batch."""
-    slow = make_trainer(tmp_path / "slow", rounds=1, sleep=0.05)  # a loader that starves a tiny model
+    slow = make_trainer(tmp_path / "slow", rounds=1, sleep=0.15)  # a loader that starves a tiny model (8 batches)
     fast = make_trainer(tmp_path / "fast", rounds=1)
     slow_share = slow.fit().history[0]["data_wait_share"]
     fast_share = fast.fit().history[0]["data_wait_share"]
-    assert 0.7 < slow_share <= 1 and 0 <= fast_share < slow_share
+    assert 0.5 < slow_share <= 1 and 0 <= fast_share < slow_share  # wide margins: the machine may be busy
     rows = list(csv.DictReader(open(tmp_path / "slow" / METRICS_FILE)))
     assert float(rows[0]["data_wait_share"]) == slow_share

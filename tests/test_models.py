@@ -277,3 +277,61 @@ def test_stft_models_take_raw_ecg(name):
     t = torch.arange(2048) / 125.0
     s = model.input_transform(torch.sin(2 * torch.pi * 10 * t).reshape(1, 1, -1))[0, 0].mean(dim=1)
     assert int(s.argmax()) == round(10 / (125 / 64))
+
+
+# ----------------------------------------------------------------------------- conv2d layout (GPU speed option)
+@pytest.mark.parametrize("name", ["resnet18_postact", "resnet18_preact", "resnet50_preact"])
+def test_conv2d_layout_keeps_parameters_outputs_and_gradients(name):
+    torch.manual_seed(0)
+    ref = create_model(name, num_classes=4, width=0.125, drop_rate=0.0)
+    fast = create_model(name, num_classes=4, width=0.125, drop_rate=0.0)
+    fast.load_state_dict(ref.state_dict())
+    fast.use_conv2d_layout()
+    assert fast.conv2d_layout
+    assert {k: v.shape for k, v in fast.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    x = torch.randn(3, 1, 700)
+    for train in (True, False):
+        ref.train(train)
+        fast.train(train)
+        a, b = ref(x), fast(x)
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    ref.train()
+    fast.train()
+    ref(x).square().sum().backward()
+    fast(x).square().sum().backward()
+    for (k, p), q in zip(ref.named_parameters(), fast.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), k
+    # the running batch-norm statistics moved identically
+    for k, v in ref.state_dict().items():
+        if "running" in k:
+            assert torch.allclose(v, fast.state_dict()[k], atol=1e-6), k
+    assert fast.forward_feature_maps(x).shape == ref.forward_feature_maps(x).shape
+    fast.use_conv2d_layout(False)
+    assert not fast.conv2d_layout and type(fast.stem.conv) is torch.nn.Conv1d
+
+
+def test_conv2d_layout_really_runs_2d_kernels():
+    model = create_model("resnet18_preact", num_classes=4, width=0.125).use_conv2d_layout()
+    seen = []
+    model.stem.conv.register_forward_hook(lambda m, i, o: seen.append((i[0].dim(), o.dim())))
+    model(torch.randn(2, 1, 256))
+    assert seen == [(4, 4)]
+
+
+def test_apply_conv_layout_auto_and_refusals():
+    from ecgtl.models import apply_conv_layout
+    from ecgtl.models.future_prediction import FuturePrediction
+
+    model = create_model("resnet18_preact", num_classes=4, width=0.125)
+    assert apply_conv_layout(model, "auto", torch.device("cpu")) == "1d" and not model.conv2d_layout
+    assert apply_conv_layout(model, "2d", torch.device("cpu")) == "2d" and model.conv2d_layout
+    assert apply_conv_layout(model, "1d", torch.device("cpu")) == "1d" and not model.conv2d_layout
+    with pytest.raises(ValueError, match="conv_layout"):
+        apply_conv_layout(model, "3d", torch.device("cpu"))
+    fp = FuturePrediction(create_model("resnet18_preact", num_classes=0, width=0.125), context_frames=2)
+    apply_conv_layout(fp, "2d", torch.device("cpu"))
+    assert fp.backbone.conv2d_layout
+    stft = create_model("resnet18_preact_2d_stft", num_classes=4, width=0.125)
+    apply_conv_layout(stft, "2d", torch.device("cpu"))  # 2-D / STFT models are left as they are
+    with pytest.raises(ValueError, match="1-D"):
+        create_model("resnet18_preact_2d", num_classes=4, width=0.125).use_conv2d_layout()

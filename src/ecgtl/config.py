@@ -131,6 +131,7 @@ class FinetuneConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
     compile: bool = False  # torch.compile the model (GPU)
+    conv_layout: str = "auto"  # 1-D convolutions as "1d", or "2d" channels-last (faster on GPU); auto = 2d on CUDA
     out: str = "runs/finetune"
     bootstrap: int = 1000  # bootstrap replicates of the confidence intervals
 
@@ -142,6 +143,7 @@ class FinetuneConfig:
         _choice("normalization", self.normalization, ("train", "paper"))
         _sections(self, ModelConfig, OptimConfig)
         _device(self.device)
+        _choice("conv_layout", self.conv_layout, ("auto", "1d", "2d"))
         _choice("sampling", self.sampling, ("shuffle", "balanced"))
         _number("label_smoothing", self.label_smoothing, 0, 1, hi_open=True, why="probability mass spread over the classes")
         _number("ema_decay", self.ema_decay, 0, 1, hi_open=True, why="0 = off, else the EMA's decay per optimiser step")
@@ -208,6 +210,7 @@ class PretrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast on GPU
     compile: bool = False
+    conv_layout: str = "auto"  # 1-D convolutions as "1d", or "2d" channels-last (faster on GPU); auto = 2d on CUDA
     sync_bn: bool = True  # SyncBatchNorm across DDP ranks, so a multi-GPU run equals one big batch
     out: str = "runs/pretrain"
 
@@ -217,6 +220,7 @@ class PretrainConfig:
         _choice("task", self.task, tuple(PRETEXT_TASKS))
         _sections(self, ModelConfig, OptimConfig)
         _device(self.device)
+        _choice("conv_layout", self.conv_layout, ("auto", "1d", "2d"))
         if self.sources is not None and (not isinstance(self.sources, list) or not self.sources
                                          or not all(isinstance(s, str) and s.strip() for s in self.sources)):
             raise ConfigError(f"sources must list store sources (e.g. [icentia11k-wfdb, mitdb]) or be null for all, got {self.sources!r}")
@@ -498,7 +502,7 @@ def add_config_command(subparsers, name: str, cls: type, run, description: str,
 
 
 # fields a resumed run may change: how long to train, where and with what hardware
-RESUMABLE_CHANGES = {"epochs", "rounds", "checkpoint_every", "patience", "out", "num_workers", "device", "amp", "compile", "bootstrap",
+RESUMABLE_CHANGES = {"epochs", "rounds", "checkpoint_every", "patience", "out", "num_workers", "device", "amp", "compile", "conv_layout", "bootstrap",
                      "eval_batch_size"}
 
 

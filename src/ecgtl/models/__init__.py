@@ -18,11 +18,13 @@ from ecgtl.models.registry import (
     register_model,
     resolve_name,
 )
-from ecgtl.models.resnet1d import ResNet, scale_channels  # registers the 1-D models
+from ecgtl.models.resnet1d import CONV_LAYOUTS, ResNet, apply_conv_layout, scale_channels  # registers the 1-D models
 
 __all__ = [
+    "CONV_LAYOUTS",
     "HEAD_PREFIX",
     "ResNet",
+    "apply_conv_layout",
     "backbone_state_dict",
     "create_model",
     "is_model",

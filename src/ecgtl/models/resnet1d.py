@@ -40,6 +40,7 @@ from collections import OrderedDict
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ecgtl.models.registry import register_model
@@ -49,7 +50,9 @@ __all__ = [
     "Bottleneck",
     "PreActBasicBlock",
     "PreActBottleneck",
+    "CONV_LAYOUTS",
     "ResNet",
+    "apply_conv_layout",
     "resnet18_postact",
     "resnet18_preact",
     "resnet34_postact",
@@ -213,6 +216,32 @@ class PreActBottleneck(nn.Module):
         return x + shortcut
 
 
+class _Conv1dAs2d(nn.Conv1d):
+    """A Conv1d run as a ``(1, k)`` Conv2d over ``(B, C, 1, T)`` channels-last input (same parameters)."""
+
+    def _conv_forward(self, x, weight, bias):
+        w = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, w, bias, (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0]), self.groups)
+
+
+class _BatchNorm1dAs2d(nn.BatchNorm1d):
+    """A BatchNorm1d that also takes ``(B, C, 1, T)`` (batch norm is per channel whatever the layout)."""
+
+    def _check_input_dim(self, x):
+        if x.dim() not in (2, 3, 4):
+            raise ValueError(f"expected 2-D, 3-D or 4-D input (got {x.dim()}-D input)")
+
+
+class _MaxPool1dAs2d(nn.MaxPool1d):
+    """A MaxPool1d run as a ``(1, k)`` MaxPool2d over ``(B, C, 1, T)``."""
+
+    def forward(self, x):
+        return F.max_pool2d(x, (1, self.kernel_size), (1, self.stride), (0, self.padding), (1, self.dilation), self.ceil_mode)
+
+
+_AS_2D = {nn.Conv1d: _Conv1dAs2d, nn.BatchNorm1d: _BatchNorm1dAs2d, nn.MaxPool1d: _MaxPool1dAs2d}
+
+
 _BLOCKS = {
     ("basic", False): BasicBlock,
     ("bottleneck", False): Bottleneck,
@@ -282,6 +311,7 @@ class ResNet(nn.Module):
         self.width = width
         self.drop_rate = drop_rate
         self.model_name: str | None = None  # set by create_model
+        self.conv2d_layout = False  # see use_conv2d_layout
 
         stem_chs = scale_channels(STEM_CHANNELS, width)
         stem = OrderedDict(conv=_conv(spatial_dims, in_chans, stem_chs, stem_kernel_size, stride=2))
@@ -324,6 +354,26 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def use_conv2d_layout(self, enabled: bool = True) -> "ResNet":
+        """Run a 1-D network as ``(1, k)`` 2-D convolutions over channels-last ``(B, C, 1, T)`` tensors.
+
+        The same parameters and state dict (weights stay ``(out, in, k)``; checkpoints are
+        unchanged), the same outputs up to floating-point rounding; on a GPU, cuDNN's
+        channels-last (NHWC) kernels feed the tensor cores without the layout transposes that
+        1-D convolutions cost. A speed option for CUDA (``benchmarks/bench_gpu.py`` measures
+        it); on CPU it is slower. Returns ``self``.
+        """
+        if self.spatial_dims != 1:
+            raise ValueError("use_conv2d_layout applies to 1-D networks (spatial_dims=1)")
+        if self.input_transform is not None:
+            raise ValueError("use_conv2d_layout does not apply to networks with an input transform")
+        swap = _AS_2D if enabled else {v: k for k, v in _AS_2D.items()}
+        for m in self.modules():
+            if type(m) in swap:
+                m.__class__ = swap[type(m)]
+        self.conv2d_layout = bool(enabled)
+        return self
+
     def get_classifier(self) -> nn.Module:
         """The head module (``nn.Linear``, or ``nn.Identity`` for a backbone)."""
         return self.head
@@ -359,6 +409,9 @@ class ResNet(nn.Module):
         if self.input_transform is not None:
             x = self.input_transform(x)
         self._check_input(x)
+        if self.conv2d_layout:
+            x = self.final_norm(self.stages(self.stem(x.unsqueeze(2).contiguous(memory_format=torch.channels_last))))
+            return x.squeeze(2)
         x = self.stem(x)
         x = self.stages(x)
         return self.final_norm(x)
@@ -382,6 +435,26 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)``, or features ``(B, num_features)`` for a backbone."""
         return self.forward_head(self.forward_features(x))
+
+
+CONV_LAYOUTS = ("auto", "1d", "2d")
+
+
+def apply_conv_layout(module: nn.Module, layout: str, device: torch.device) -> str:
+    """Set the convolution layout of every 1-D :class:`ResNet` inside ``module``; return the one used.
+
+    ``layout``: ``"1d"`` (plain Conv1d), ``"2d"`` (:meth:`ResNet.use_conv2d_layout`: (1, k)
+    Conv2d over channels-last tensors) or ``"auto"`` (``"2d"`` on CUDA, ``"1d"`` elsewhere). The
+    parameters, state dict and outputs are the same either way; only the speed differs.
+    """
+    if layout not in CONV_LAYOUTS:
+        raise ValueError(f"conv_layout must be one of {', '.join(CONV_LAYOUTS)}, got {layout!r}")
+    if layout == "auto":
+        layout = "2d" if device.type == "cuda" else "1d"
+    for m in module.modules():
+        if isinstance(m, ResNet) and m.spatial_dims == 1 and m.input_transform is None:
+            m.use_conv2d_layout(layout == "2d")
+    return layout
 
 
 def _resnet1d(layers: Sequence[int], block: str, preact: bool, **kwargs) -> ResNet:

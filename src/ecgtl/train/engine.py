@@ -66,12 +66,16 @@ def build_optimizer(parameters, optim, steps_per_round: int, rounds: int):
 
     ``optim.name``: ``adamw`` (the study's Adam settings: ``lr``, ``betas``, ``eps``, decoupled
     ``weight_decay``) or ``sgd`` (``lr``, ``momentum``, ``weight_decay``; its step scales with
-    the gradient). ``constant`` keeps the rate (the study); ``cosine`` warms up linearly for
+    the gradient). On CUDA, AdamW is the fused implementation (same update, one kernel).
+    ``constant`` keeps the rate (the study); ``cosine`` warms up linearly for
     ``warmup_epochs`` rounds, then decays to 0 over the remaining steps. The scheduler
     steps once per optimiser step.
     """
+    parameters = list(parameters)
+    fused = bool(parameters) and all(p.is_cuda for p in parameters)  # one kernel for the whole update on CUDA
     if optim.name == "adamw":
-        opt = torch.optim.AdamW(parameters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+        opt = torch.optim.AdamW(parameters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay,
+                                fused=fused or None)
     elif optim.name == "sgd":
         opt = torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     else:

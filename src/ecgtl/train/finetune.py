@@ -36,7 +36,7 @@ from ecgtl.evaluate.calibration import biased_probabilities, fit_class_bias
 from ecgtl.evaluate.inference import inference_dataset, predict_dataset, write_predictions
 from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_class, format_report, macro_f1
 from ecgtl.fileio import atomic_write
-from ecgtl.models import create_model
+from ecgtl.models import apply_conv_layout, create_model
 from ecgtl.models.card import load_weights, model_from_card, write_card
 from ecgtl.models.registry import HEAD_PREFIX, resolve_name, with_current_model_name
 from ecgtl.runtime import resolve_device, unwrap
@@ -279,6 +279,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     data = prepare_data(cfg, by_name, resolve_splits(cfg, out, by_name, cinc))
     model, width = build_model(cfg)
     model.to(device)
+    apply_conv_layout(model, cfg.conv_layout, device)  # same weights; channels-last 2-D kernels on CUDA
     if cfg.compile:
         model = torch.compile(model)  # the engine saves the plain module's weights (unwrap)
 

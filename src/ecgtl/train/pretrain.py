@@ -42,7 +42,7 @@ from ecgtl.data.transforms import resample_factors
 from ecgtl.errors import ConfigError, DataError
 from ecgtl.evaluate.metrics import macro_f1
 from ecgtl.fileio import atomic_write
-from ecgtl.models import create_model
+from ecgtl.models import apply_conv_layout, create_model
 from ecgtl.models.card import load_weights, save_weights, write_card
 from ecgtl.models.future_prediction import FuturePrediction
 from ecgtl.models.registry import with_current_model_name
@@ -275,6 +275,7 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
             raise ConfigError(f"{sampler.frames_per_rank()} frames per rank and round < batch size {cfg.batch_size}: "
                               "raise frames_per_patient")
         model = job.model
+        apply_conv_layout(model, cfg.conv_layout, device)  # same weights; channels-last 2-D kernels on CUDA
         if distributed:
             if device.type == "cuda" and cfg.sync_bn:
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Fine-tuning recipe screening on one GPU (about 5 minutes on one H200): the variants of
+# reports/recipe-ablation-gpu/variants.yaml side by side (one process each), on the selection
+# split of scripts/recipe_ablation.py (no test record is read), then the table, and the
+# inference benchmark on the real records.
+#
+#   bash benchmarks/gpu_finetune.sh OUT_DIR [CARRY_DIR] [SEEDS] [EPOCHS]    # SMOKE=1: 1 epoch, 2 variants, CPU
+#
+# CARRY_DIR (default gpucarry/) holds whl/ (the wfdb wheel, as for gpu_session.sh), cinc/ (CinC 2017
+# packed by ../shared/tools/cinc_pack.py), cinc_pack.py itself, and selection-splits.json (the
+# split file that scripts/recipe_ablation.py made here, so both machines use the same records).
+set -u
+OUT=${1:?usage: gpu_finetune.sh OUT_DIR [CARRY_DIR] [SEEDS] [EPOCHS]}
+CARRY=${2:-gpucarry}
+SEEDS=${3:-0}
+EPOCHS=${4:-30}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+if ! $PY -c "import wfdb" 2>/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/ecgtl-site "$CARRY"/whl/*.whl || exit 1
+    export PYTHONPATH=$PWD/src:/tmp/ecgtl-site
+else
+    export PYTHONPATH=$PWD/src
+fi
+DATA=${CINC_DIR:-/tmp/ecgtl-cinc}
+if [ ! -f "$DATA/REFERENCE-v3.csv" ]; then
+    $PY "$CARRY/cinc_pack.py" unpack "$CARRY/cinc" "$DATA" || exit 1
+fi
+REC=$(dirname "$(find "$DATA" -name RECORDS | head -1)")
+RUNS=${RUNS_DIR:-/tmp/ecgtl-ra}
+mkdir -p "$RUNS"
+cp "$CARRY/selection-splits.json" "$RUNS/"
+VARIANTS=reports/recipe-ablation-gpu/variants.yaml
+NAMES=$($PY -c "import yaml; print(' '.join(yaml.safe_load(open('$VARIANTS'))))")
+EXTRA="--set epochs=$EPOCHS"
+if [ "${SMOKE:-0}" = 1 ]; then NAMES="w025-250hz w05-125hz"; EXTRA="--set epochs=1"; fi
+echo "variants: $NAMES; seeds $SEEDS; records in $REC"
+for name in $NAMES; do
+    ( timeout ${LIMIT:-330} $PY scripts/recipe_ablation.py --variants $VARIANTS --only "$name" --seeds "$SEEDS" \
+        --data "$REC" --runs "$RUNS" --report "$OUT/table" $EXTRA > "$OUT/log-$name.txt" 2>&1 ) &
+done
+wait
+$PY scripts/recipe_ablation.py --variants $VARIANTS --seeds "$SEEDS" --data "$REC" --runs "$RUNS" --report "$OUT/table" $EXTRA --table-only
+# every run's metrics (partial ones too), results and config, in one file
+(cd "$RUNS" && tar czf "$OUT/runs.tgz" */metrics.csv */results.json */config.yaml 2>/dev/null)
+cat "$OUT"/log-*.txt | tail -40 > "$OUT/logs.txt"; rm -f "$OUT"/log-*.txt
+if [ -f benchmarks/bench_inference.py ]; then
+    timeout 120 $PY benchmarks/bench_inference.py --device ${DEVICE:-cuda} --data "$REC" --out "$OUT/bench_inference_cinc.json" 2>&1 | tail -15
+fi
+ls -la "$OUT" "$OUT/table"
