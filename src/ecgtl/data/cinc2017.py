@@ -26,14 +26,10 @@ import numpy as np
 import scipy.io
 from tqdm.auto import tqdm
 
-from ecgtl.constants import BEAT_UNDEFINED, CINC_CLASSES, RHYTHM_NOISE
-from ecgtl.data.annotations import BeatAnnotations
-from ecgtl.data.recording import Segment
+from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.splits import load_splits
-from ecgtl.data.transforms import resample
 from ecgtl.data.wfdb_io import check_millivolts, check_signal, read_header, unit_to_mv
 from ecgtl.errors import DataError
-from ecgtl.signal.qrs import detect_beats
 
 log = logging.getLogger(__name__)
 
@@ -201,34 +197,6 @@ class Cinc2017:
             except DataError as err:
                 failures.append((name, str(err)))
         return records, failures
-
-
-class CincPretrainRecord:
-    """A CinC 2017 record as unannotated pre-training data for signal-derived tasks (heart rate).
-
-    The signal is resampled to ``target_fs`` (250 Hz, the store's rate) and kept as int16 at
-    the CinC gain (1000 adu/mV); beats come from a QRS detector (:func:`ecgtl.signal.qrs.detect_beats`)
-    and carry no type or rhythm (undefined / noise), so only the heart-rate and future
-    tasks may use them. Only the *training* split's records belong in a store: pre-training on
-    test records would leak them into the comparison.
-    """
-
-    source = "cinc2017"
-    baseline = 0
-
-    def __init__(self, folder: str | os.PathLike, name: str, target_fs: float = 250.0):
-        self.folder, self.name, self.fs = Path(folder), name, float(target_fs)
-        self.patient_id = f"cinc2017/{name}"
-        self.gain = 1000.0
-
-    def segments(self):
-        rec = read_record(self.folder, self.name)
-        mv = resample(rec.signal, rec.fs, self.fs)
-        digital = np.clip(np.rint(mv * self.gain), -32768, 32767).astype(np.int16)
-        beats = detect_beats(mv, self.fs).astype(np.int64)
-        beats = beats[(beats >= 0) & (beats < len(digital))]
-        yield Segment("s00", digital, BeatAnnotations(beats, np.full(len(beats), BEAT_UNDEFINED, np.uint8),
-                                                      np.full(len(beats), RHYTHM_NOISE, np.uint8)))
 
 
 def read_record_list(path: str | os.PathLike, split: str = "train") -> list[str]:

@@ -1,4 +1,4 @@
-"""``ecgtl prepare``: build the pre-training store from Icentia11k (either release) and annotated WFDB databases."""
+"""``ecgtl prepare``: build the pre-training store from Icentia11k (either release), annotated WFDB databases and CinC 2017 records."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from ecgtl.data.annotations import PROFILES
-from ecgtl.data.cinc2017 import Cinc2017, CincPretrainRecord, read_record_list
+from ecgtl.data.cinc2017 import Cinc2017, read_record_list
+from ecgtl.data.cinc_store import cinc_jobs
 from ecgtl.data.download import parse_patients
 from ecgtl.data.icentia11k import IcentiaTorrentPatient, IcentiaWfdbPatient, find_torrent_patients, find_wfdb_patients
 from ecgtl.data.store import Store, prepare
@@ -46,7 +47,7 @@ def build_jobs(icentia: str | None = None, icentia_torrent: str | None = None, p
             raise ConfigError("--cinc needs --cinc-records: the training split (a splits.json or a list); "
                               "pre-training on test records would leak them into the comparison")
         names = read_record_list(cinc_records) if cinc_records != "all" else Cinc2017(cinc).names
-        jobs += [(f"cinc2017/{n}", functools.partial(CincPretrainRecord, cinc, n)) for n in names]
+        jobs += cinc_jobs(cinc, names)  # ecgtl.data.cinc_store: resampled to 250 Hz, beats from the QRS detector
     ids = [pid for pid, _ in jobs]
     if len(set(ids)) != len(ids):
         raise ConfigError("the same patient comes from two sources (e.g. both Icentia11k releases): prepare them into different stores")
