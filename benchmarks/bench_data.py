@@ -1,9 +1,19 @@
 """Data-layer benchmark on the real data of ../shared/data: download, reading, prepare, frame access, frame sampling.
 
     python benchmarks/bench_data.py [--shared-data ../shared/data] [--out benchmarks/results/bench_data.json]
+    python benchmarks/bench_data.py --virtual 100,1000,11000 [--store data/store] [--virtual-frames 65536]
+        [--repeats 3] [--out benchmarks/results/bench_scale.json]
 
 Prints absolute figures and ratios measured side by side in the same run (this machine is
 shared and noisy: compare ratios, not absolute numbers across runs), and writes them as JSON.
+
+``--virtual`` is the scale simulation (issue 10): the pre-training sampler on stores of N
+virtual patients (``benchmarks/virtual_store.py``: one real patient's files hard-linked N
+times, built in a temporary folder), each scale measured in a fresh process (so peak RSS is
+that process's), the scales interleaved over ``--repeats`` passes: start-up (store manifest
++ sampler + first batch), frames/s over a fixed window of frames (by default 65,536 =
+1,024 patient visits of 64 frames, so the per-patient work is in every figure), peak RSS,
+and the ratios of the largest scale to the smallest.
 """
 
 from __future__ import annotations
@@ -16,7 +26,10 @@ import json
 import os
 import pickle
 import platform
+import resource
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,16 +38,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import wfdb
 from torch.utils.data import DataLoader
 
-from ecgtl.data.cinc2017 import Cinc2017
-from ecgtl.data.download import download
-from ecgtl.data.icentia11k import IcentiaTorrentPatient, IcentiaWfdbPatient
 from ecgtl.data.sampling import FrameSampler
 from ecgtl.data.store import Store, prepare
-from ecgtl.data.wfdb_database import database_records
-from ecgtl.pipeline import unpack_local_mirror
+
+# The readers of the real-data sections (wfdb, the download and pipeline modules) are imported where they are
+# used: the --virtual measurement processes import only what a pre-training data process imports, so their RSS
+# is the sampler's.
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -57,6 +68,10 @@ def _timed(fn):
 def bench_prepare_torrent(shared: Path, root: Path, tmp: Path, wfdb_seconds: float) -> dict:
     """Prepare patient 0 from the torrent release (its real label file + a signal pickle built from the WFDB
     signals, not timed), next to the WFDB release's prepare time measured in the same run."""
+    import wfdb
+
+    from ecgtl.data.icentia11k import IcentiaTorrentPatient, IcentiaWfdbPatient
+
     folder = tmp / "torrent"
     folder.mkdir()
     shutil.copy(shared / "icentia11k-torrent" / "00000_batched_lbls.pkl.gz", folder)
@@ -144,13 +159,179 @@ def bench_batches(store_root: Path, frames: int, batch: int = 64, length: int = 
             "ratio": rates["batches"] / rates["single_frames"], "target_frames_per_s_per_core": 50_000}
 
 
+SCALE_TARGETS = {"flat_within": 0.10, "rss_mb_per_worker": 1024, "startup_s": 5.0}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (MB): VmHWM of the process image, not ``ru_maxrss``, which Linux carries over
+    ``exec`` from the forking parent (a child of a 400 MB parent would report at least 400 MB)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: kB (Linux)
+
+
+def scale_child(root: str, frames: int, frames_per_patient: int = 64, length: int = 4096, batch: int = 64,
+                seed: int = 0) -> dict:
+    """One scale, in this (fresh) process: what a pre-training data process does, timed.
+
+    Start-up: from opening the store (lean manifest read) to the first batch in hand. Then
+    ``frames`` more frames, beat labels, whole batches (``DataLoader(batch_size=None)``, one torch thread),
+    over as many rounds as it takes (100 patients x 64 frames is 6,400 frames a round): wall and CPU time
+    of the window, and the process's peak RSS at the end."""
+    torch.set_num_threads(1)
+    rss_import = _peak_rss_mb()
+    t0 = time.perf_counter()
+    ids = Store(root, keys=()).patient_ids
+    sampler = FrameSampler(root, ids, length, frames_per_patient, "beat", seed=seed, normalization=(0.0, 0.2),
+                           batch_size=batch)
+    t_open = time.perf_counter() - t0
+    loader = DataLoader(sampler, batch_size=None)
+    rounds = [0]
+
+    def batches():
+        while True:
+            sampler.set_round(rounds[0])
+            yield from loader
+            rounds[0] += 1
+
+    it = batches()
+    next(it)
+    startup = time.perf_counter() - t0
+    n, t1, c1 = 0, time.perf_counter(), time.process_time()
+    while n < frames:
+        n += len(next(it)[1])
+    wall, cpu = time.perf_counter() - t1, time.process_time() - c1
+    return {"patients": len(ids), "open_s": t_open, "startup_s": startup, "frames": n, "patient_visits": n / frames_per_patient,
+            "rounds_touched": rounds[0] + 1, "seconds": wall, "frames_per_s": n / wall, "frames_per_cpu_s": n / cpu,
+            "peak_rss_mb": _peak_rss_mb(), "rss_after_imports_mb": rss_import}
+
+
+def _run_child(root: Path, frames: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--scale-child", str(root), "--virtual-frames", str(frames)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"scale child failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _scratch_next_to(store: Path) -> Path:
+    """A temporary folder on the store's file system (virtual patients are hard links)."""
+    tmp = Path(tempfile.mkdtemp(prefix="ecgtl-scale-"))
+    if store.is_dir() and tmp.stat().st_dev != store.stat().st_dev:  # (a missing store: build() says so)
+        tmp.rmdir()
+        tmp = Path(tempfile.mkdtemp(prefix=".ecgtl-scale-", dir=store.parent))
+    return tmp
+
+
+def bench_virtual(scales: list[int], store: Path, patient: str, frames: int, repeats: int) -> dict:
+    """The sampler at every scale (see the module docstring): per scale the best and median of ``repeats``
+    fresh processes, the scales interleaved so that the machine's other load spreads over all of them."""
+    from virtual_store import build  # benchmarks/, next to this file
+
+    tmp = _scratch_next_to(store)
+    try:
+        roots, built = {}, {}
+        for n in scales:
+            roots[n], built[n] = _timed(lambda n=n: build(tmp / f"v{n}", n, store, patient))
+        _run_child(roots[scales[0]], min(frames, 8192))  # warm-up, not counted: page cache of the shared files
+        runs: dict[int, list[dict]] = {n: [] for n in scales}
+        for r in range(repeats):
+            for n in scales:
+                runs[n].append(_run_child(roots[n], frames))
+                row = runs[n][-1]
+                print(f"  pass {r + 1}/{repeats}, {n:,} patients: {row['frames_per_s']:,.0f} frames/s "
+                      f"({row['frames_per_cpu_s']:,.0f} per CPU s), peak RSS {row['peak_rss_mb']:.0f} MB, "
+                      f"start-up {row['startup_s']:.2f} s", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    for n in scales:
+        rs = runs[n]
+        rows.append({"patients": n, "build_s": built[n],
+                     "frames_per_s_best": max(r["frames_per_s"] for r in rs),
+                     "frames_per_s_median": statistics.median(r["frames_per_s"] for r in rs),
+                     "frames_per_cpu_s_median": statistics.median(r["frames_per_cpu_s"] for r in rs),
+                     "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs),
+                     "startup_s_median": statistics.median(r["startup_s"] for r in rs),
+                     "startup_s_max": max(r["startup_s"] for r in rs),
+                     "runs": rs})
+    lo, hi = rows[0], rows[-1]
+    ratios = {"frames_per_s_best": hi["frames_per_s_best"] / lo["frames_per_s_best"],
+              "frames_per_s_median": hi["frames_per_s_median"] / lo["frames_per_s_median"],
+              "frames_per_cpu_s_median": hi["frames_per_cpu_s_median"] / lo["frames_per_cpu_s_median"],
+              "peak_rss_mb_max": hi["peak_rss_mb_max"] / lo["peak_rss_mb_max"],
+              "startup_s_median": hi["startup_s_median"] / lo["startup_s_median"]}
+    flat = SCALE_TARGETS["flat_within"]
+    met = {"frames_per_s_flat": min(ratios["frames_per_s_best"], ratios["frames_per_cpu_s_median"]) >= 1 - flat,
+           "rss_flat": ratios["peak_rss_mb_max"] <= 1 + flat,
+           "rss_under_1gb": all(r["peak_rss_mb_max"] < SCALE_TARGETS["rss_mb_per_worker"] for r in rows),
+           "startup_under_5s": all(r["startup_s_max"] < SCALE_TARGETS["startup_s"] for r in rows)}
+    return {"setup": {"task": "beat", "frame_samples": 4096, "frames_per_patient": 64, "batch": 64, "torch_threads": 1,
+                      "source_patient": patient, "frames_per_measurement": frames, "repeats": repeats,
+                      "method": "a fresh process per scale and pass, scales interleaved; frames/s over the frames after the "
+                                "first batch (patients in the sampler's random order, all their work included: opening, "
+                                "labels, gather, shuffle buffer, batches); peak RSS = VmHWM of that process (not ru_maxrss, which "
+                                "Linux carries over from the forking parent); start-up = "
+                                "Store(root, keys=()) + FrameSampler(...) + first batch (imports not counted; "
+                                "rss_after_imports_mb is what torch and ecgtl cost before any of it)"},
+            "scales": rows, f"ratio_{hi['patients']}_to_{lo['patients']}": ratios, "targets": SCALE_TARGETS, "met": met}
+
+
+def _print_virtual(res: dict) -> None:
+    for row in res["scales"]:
+        print(f"{row['patients']:>6,} virtual patients: {row['frames_per_s_best']:,.0f} frames/s best "
+              f"({row['frames_per_s_median']:,.0f} median, {row['frames_per_cpu_s_median']:,.0f} per CPU s), "
+              f"peak RSS {row['peak_rss_mb_max']:.0f} MB, start-up {row['startup_s_median']:.2f} s (max {row['startup_s_max']:.2f})")
+    key = next(k for k in res if k.startswith("ratio_"))
+    r = res[key]
+    print(f"{key.replace('_', ' ')}: frames/s x{r['frames_per_s_best']:.3f} (best), x{r['frames_per_s_median']:.3f} (median), "
+          f"x{r['frames_per_cpu_s_median']:.3f} (per CPU s); peak RSS x{r['peak_rss_mb_max']:.3f}; start-up x{r['startup_s_median']:.2f}")
+    print("targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in res["met"].items()))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared-data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-    ap.add_argument("--out", default="benchmarks/results/bench_data.json")
+    ap.add_argument("--out", default=None, help="JSON file (default benchmarks/results/bench_data.json, "
+                                                "with --virtual benchmarks/results/bench_scale.json)")
     ap.add_argument("--frames", type=int, default=2000, help="random frames for the access benchmark")
     ap.add_argument("--sampler-frames", type=int, default=20000, help="frames per round for the sampler benchmarks")
+    ap.add_argument("--virtual", default=None, help="scale simulation instead: comma-separated patient counts, e.g. 100,1000,11000")
+    ap.add_argument("--store", default="data/store", help="--virtual: the store holding the source patient")
+    ap.add_argument("--patient", default="icentia11k/p00000", help="--virtual: the patient every virtual patient links to")
+    ap.add_argument("--virtual-frames", type=int, default=65536, help="--virtual: frames timed per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="--virtual: fresh processes per scale")
+    ap.add_argument("--scale-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.scale_child is not None:  # one measurement process of --virtual
+        print(json.dumps(scale_child(args.scale_child, args.virtual_frames)))
+        return 0
+    if args.virtual is not None:
+        scales = sorted(int(n.replace("_", "")) for n in args.virtual.split(","))
+        res = {"machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+                           "torch": torch.__version__},
+               "scale": f"virtual stores of {', '.join(f'{n:,}' for n in scales)} patients on CPU"}
+        res.update(bench_virtual(scales, Path(args.store), args.patient, args.virtual_frames, args.repeats))
+        out = Path(args.out or "benchmarks/results/bench_scale.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
+        _print_virtual(res)
+        print(f"wrote {out}")
+        return 0
+    return run_real_data(args)
+
+
+def run_real_data(args) -> int:
+    import wfdb
+
+    from ecgtl.data.cinc2017 import Cinc2017
+    from ecgtl.data.download import download
+    from ecgtl.data.icentia11k import IcentiaWfdbPatient
+    from ecgtl.data.wfdb_database import database_records
+    from ecgtl.pipeline import unpack_local_mirror
+
     shared = Path(args.shared_data)
     if not (shared / "README.md").is_file():
         print(f"skipped: real data not found at {shared}")
@@ -216,7 +397,7 @@ def main() -> int:
         res["sampler_batches"] = bench_batches(tmp / "store_mitdb", args.sampler_frames)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = Path(args.out)
+    out = Path(args.out or "benchmarks/results/bench_data.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     d, c, i, p, f = res["download"], res["cinc_read"], res["icentia_read"], res["prepare_icentia"], res["frame_access_4096"]

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader
 from ecgtl.data import sampling
 from ecgtl.data.icentia11k import IcentiaWfdbPatient
 from ecgtl.data.sampling import FrameSampler, estimate_normalization, fixed_frames, select_fraction, split_patients
-from ecgtl.data.store import SIGNAL_FILE, Store, prepare, write_manifest
+from ecgtl.data.store import SIGNAL_FILE, Store, StoredPatient, prepare, write_manifest
 from ecgtl.data.wfdb_database import database_records
+from ecgtl.errors import DataError
 from ecgtl.tasks import beat_label, heart_rate_label, rhythm_label
 
 ICENTIA = "icentia11k/p00000"
@@ -335,6 +336,60 @@ def test_unreadable_patient_keeps_the_frame_count(store_root, store, tmp_path):
     assert len(items) == n_ok == len(s) == 100
     assert s.failures and s.failures[0][0] == ids[2]
     assert ids[2] not in {s.patient_ids[int(p)] for _, _, p, _ in items}
+
+
+# --------------------------------------------------------------------------- what a visit reads (scale: issue 10)
+def _mitdb_copy(store_root: Path, root: Path, n: int, failures=()) -> list[str]:
+    for folder in sorted((store_root / "patients" / "mitdb").iterdir())[:n]:
+        shutil.copytree(folder, root / "patients" / "mitdb" / folder.name)
+    write_manifest(root, failures=failures)
+    return Store(root).patient_ids
+
+
+def test_lean_manifest_read_keeps_only_the_asked_keys(store_root, store, tmp_path):
+    """``Store(root, keys=...)``: the patient entries hold only those keys (segment lengths as arrays); the rest is whole."""
+    lean = Store(store_root, keys=("fs", "segment_lengths"))
+    assert lean.patient_ids == store.patient_ids and lean.manifest["totals"] == store.manifest["totals"]
+    for entry, full in zip(lean.patients, store.patients):
+        assert set(entry) == {"patient_id", "fs", "segment_lengths"} and entry["fs"] == full["fs"]
+        assert entry["segment_lengths"].dtype == np.int64 and entry["segment_lengths"].tolist() == full["segment_lengths"]
+    assert [set(e) for e in Store(store_root, keys=()).patients] == [{"patient_id"}] * len(store)
+    failure = {"patient_id": "mitdb/999", "error": "truncated"}  # a failure names a patient too: kept whole
+    _mitdb_copy(store_root, tmp_path, 2, failures=[failure])
+    assert Store(tmp_path, keys=("fs",)).manifest["failures"] == [failure]
+
+
+def test_a_visit_reads_no_meta_json_and_only_the_beat_arrays_of_its_task(store_root, tmp_path):
+    """The sampler opens a patient from its manifest entry (no meta.json per visit) and decompresses only the beat
+    arrays its task reads (beat: positions and classes, never rhythm; future: none), with the same frames."""
+    ids = _mitdb_copy(store_root, tmp_path, 4)
+    kw = dict(frame_samples=2048, frames_per_patient=24, seed=3, normalization=NORM, return_position=True, shuffle_buffer=32)
+    want = {task: _run(FrameSampler(tmp_path, ids, task=task, **kw), 1) for task in ("beat", "future")}
+    want_fixed = fixed_frames(tmp_path, ids, 2048, 8, "beat", seed=0, normalization=NORM)
+    folders = [tmp_path / "patients" / p for p in ids]
+    assert StoredPatient(folders[0]).beat_sample.dtype == np.int32  # the store's positions, not an int64 copy
+    for folder in folders:
+        (folder / "meta.json").unlink()
+        with np.load(folder / "annotations.npz") as z:
+            kept = {k: z[k] for k in ("segment_offsets", "beat_sample", "beat_class")}
+        np.savez_compressed(folder / "annotations.npz", **kept)  # no rhythm
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a skipped patient warns
+        for a, b in zip(_run(FrameSampler(tmp_path, ids, task="beat", **kw), 1), want["beat"]):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(fixed_frames(tmp_path, ids, 2048, 8, "beat", seed=0, normalization=NORM), want_fixed):
+            np.testing.assert_array_equal(a, b)
+        for folder in folders:
+            np.savez_compressed(folder / "annotations.npz", segment_offsets=np.load(folder / "annotations.npz")["segment_offsets"])
+        for a, b in zip(_run(FrameSampler(tmp_path, ids, task="future", **kw), 1), want["future"]):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(DataError, match="meta.json missing"):
+        Store(tmp_path).open(ids[0])
+    patient = StoredPatient(folders[0], meta={"patient_id": ids[0], "fs": 250.0, "gain": 200.0, "baseline": 0})
+    with pytest.raises(DataError, match="corrupt annotation arrays"):
+        patient.rhythm  # noqa: B018 -- read on first use
+    with pytest.warns(RuntimeWarning, match="skipping patient"), pytest.raises(DataError, match="no readable patient"):
+        _run(FrameSampler(tmp_path, ids, task="rhythm", **kw), 1)  # the rhythm task needs what is gone
 
 
 # --------------------------------------------------------------------------- long rounds

@@ -46,6 +46,16 @@ view of the map, labelled in one vectorised call of the task's label function
 converted to normalised float32 in blocks. The only per-frame Python work is
 the ``yield``.
 
+Scale. Nothing grows with the number of patients but a few bytes per patient:
+the manifest is read once, lean (:class:`~ecgtl.data.store.Store` with ``keys``:
+only the fields used here, not the segment names and label counts of every
+patient), and what opening a patient needs of it (fs, gain, baseline) is kept as
+three small arrays, so a visit reads no ``meta.json``; it reads the segment
+offsets and decompresses only the beat arrays the task's labels use (the beat task
+never reads ``rhythm``; future prediction no beat array). Frames/s, peak RSS and
+start-up at 100 / 1,000 / 11,000 virtual patients: ``benchmarks/bench_data.py
+--virtual`` (``reports/bench_scale.json``).
+
 Robustness. Patients with no segment as long as a frame are left out at
 construction (listed in :attr:`FrameSampler.unusable`). A patient that cannot be
 opened during iteration (corrupt or truncated files) is skipped with a warning
@@ -69,7 +79,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ecgtl.data.store import SIGNAL_FILE, Store, StoredPatient, patient_folder
+from ecgtl.data.store import PATIENT_KEYS, SIGNAL_FILE, Store, StoredPatient, patient_folder
 from ecgtl.errors import DataError, EcgtlError
 from ecgtl.tasks.registry import PRETEXT_TASKS
 
@@ -284,8 +294,8 @@ class FrameSampler(IterableDataset):
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside world_size {self.world_size}")
 
-        store = Store(self.store_root)
-        entries = {p["patient_id"]: p for p in store.patients}
+        # a lean manifest read: only what the sampler uses, so memory and start-up stay flat with the store's size
+        entries = {p["patient_id"]: p for p in Store(self.store_root, keys=(*PATIENT_KEYS, "source", "segment_lengths")).patients}
         ids = sorted(_check_ids(patient_ids))  # the given order does not matter
         missing = [p for p in ids if p not in entries]
         if missing:
@@ -309,6 +319,10 @@ class FrameSampler(IterableDataset):
             raise ValueError(f"{len(self.patient_ids)} usable patient(s) (frames of {self.frame_samples} samples, "
                              f"{len(self.unusable)} unusable) for {self.world_size} rank(s): need at least one per rank")
         self._keys = np.array([_hash64("ecgtl-patient", p) for p in self.patient_ids], dtype=np.uint64)
+        # what opening a patient needs (its manifest entry, so that no meta.json is read per visit); one small
+        # array per key rather than the entries: a few bytes per patient, pickled cheaply to DataLoader workers
+        self._meta = {k: np.array([entries[p][k] for p in self.patient_ids]) for k in PATIENT_KEYS if k != "patient_id"}
+        del entries
 
         if shuffle_buffer is None:
             cap = max(1, DEFAULT_BUFFER_BYTES // (2 * self.frame_samples))
@@ -378,12 +392,14 @@ class FrameSampler(IterableDataset):
         state["_cache"] = OrderedDict()  # never pickle open memory maps (they would be copied whole)
         return state
 
-    def _open(self, patient_id: str) -> StoredPatient:
+    def _open(self, index: int) -> StoredPatient:
+        patient_id = self.patient_ids[index]
         patient = self._cache.get(patient_id)
         if patient is not None:
             self._cache.move_to_end(patient_id)
             return patient
-        patient = StoredPatient(patient_folder(self.store_root, patient_id))
+        meta = {"patient_id": patient_id, **{k: v[index].item() for k, v in self._meta.items()}}
+        patient = StoredPatient(patient_folder(self.store_root, patient_id), meta=meta)
         _ = patient.signal  # map it now: a truncated file fails here, not in the middle of a draw
         self._cache[patient_id] = patient
         while len(self._cache) > self.cache_patients:
@@ -392,7 +408,7 @@ class FrameSampler(IterableDataset):
 
     def _draw(self, index: int, n: int, rng: np.random.Generator) -> tuple[StoredPatient, np.ndarray, np.ndarray]:
         """Open patient ``index`` and draw n frames: (patient, sorted starts, labels), all frames in one vectorised call."""
-        patient = self._open(self.patient_ids[index])
+        patient = self._open(index)
         starts = _draw_starts(patient.segment_offsets, self.frame_samples, n, rng)
         labels = _labels(patient, self.task, starts, self.frame_samples)
         return patient, starts, labels
@@ -523,15 +539,14 @@ def fixed_frames(store_root: str | os.PathLike, patient_ids: Iterable[str], fram
     """
     frame_samples, frames_per_patient, task = _check_common(frame_samples, frames_per_patient, task)
     mean, std = _check_normalization(normalization)
-    store = Store(store_root)
-    known = set(store.patient_ids)
+    entries = {p["patient_id"]: p for p in Store(store_root, keys=PATIENT_KEYS).patients}
     ids = sorted(_check_ids(patient_ids))
-    missing = [p for p in ids if p not in known]
+    missing = [p for p in ids if p not in entries]
     if missing:
         raise DataError(store_root, f"{len(missing)} patient(s) not in the store, e.g. {missing[:3]}")
     xs, ys, skipped = [], [], []
     for pid in ids:
-        patient = store.open(pid)
+        patient = StoredPatient(patient_folder(store_root, pid), meta=entries[pid])
         rng = _rng(seed, _hash64("ecgtl-patient", pid), _TAG_FIXED)
         try:
             starts = _draw_starts(patient.segment_offsets, frame_samples, frames_per_patient, rng)
@@ -559,8 +574,7 @@ def estimate_normalization(store_root: str | os.PathLike, patient_ids: Iterable[
     frame_samples, n_frames = int(frame_samples), int(n_frames)
     if frame_samples <= 0 or n_frames <= 0:
         raise ValueError("frame_samples and n_frames must be positive")
-    store = Store(store_root)
-    entries = {p["patient_id"]: p for p in store.patients}
+    entries = {p["patient_id"]: p for p in Store(store_root, keys=("gain", "baseline", "segment_lengths")).patients}
     ids = sorted(_check_ids(patient_ids))
     missing = [p for p in ids if p not in entries]
     if missing:

@@ -295,31 +295,66 @@ def write_manifest(root: str | os.PathLike, metas: Iterable[dict] | None = None,
 
 
 # --------------------------------------------------------------------------- reading
-class StoredPatient:
-    """One prepared patient: a memory-mapped signal and its beat arrays (nothing else is loaded)."""
+#: What a patient needs of its metadata to be read (:class:`StoredPatient` with ``meta=``).
+PATIENT_KEYS = ("patient_id", "fs", "gain", "baseline")
 
-    def __init__(self, folder: str | os.PathLike):
+
+class StoredPatient:
+    """One prepared patient: a memory-mapped signal and its beat arrays.
+
+    Opening reads the segment offsets only (a few hundred bytes); the signal is mapped
+    and each beat array is decompressed on its first use, so a reader that needs no
+    beats (future prediction) or only some of them (the beat task never reads
+    ``rhythm``) does not pay for the rest. ``beat_sample`` keeps the store's int32
+    (positions below 2**31 samples are guaranteed by :func:`write_patient`).
+
+    ``meta``: the patient's metadata when the caller already has it (e.g. its
+    manifest entry, with at least :data:`PATIENT_KEYS`); ``meta.json`` is then not
+    read and :attr:`meta` is that dict. None reads ``meta.json``.
+    """
+
+    def __init__(self, folder: str | os.PathLike, meta: dict | None = None):
         self.folder = Path(folder)
-        meta_path = self.folder / META_FILE
-        if not meta_path.is_file():
-            raise DataError(meta_path, "not a prepared patient (meta.json missing)")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(meta_path, f"unreadable patient metadata ({exc})") from None
-        self.patient_id: str = self.meta["patient_id"]
-        self.fs: float = self.meta["fs"]
-        self.gain: float = self.meta["gain"]
-        self.baseline: int = self.meta["baseline"]
+        if meta is None:
+            meta_path = self.folder / META_FILE
+            if not meta_path.is_file():
+                raise DataError(meta_path, "not a prepared patient (meta.json missing)")
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise DataError(meta_path, f"unreadable patient metadata ({exc})") from None
+        self.meta = meta
+        self.patient_id: str = meta["patient_id"]
+        self.fs: float = meta["fs"]
+        self.gain: float = meta["gain"]
+        self.baseline: int = meta["baseline"]
+        self.segment_offsets: np.ndarray = self._annotation("segment_offsets")
+
+    def _annotation(self, name: str) -> np.ndarray:
+        """One array of ``annotations.npz`` (only that one is decompressed)."""
         path = self.folder / ANNOTATIONS_FILE
         try:
             with np.load(path, allow_pickle=False) as z:
-                self.segment_offsets = z["segment_offsets"]
-                self.beat_sample = z["beat_sample"].astype(np.int64)
-                self.beat_class = z["beat_class"]
-                self.rhythm = z["rhythm"]
+                return z[name]
+        except FileNotFoundError:
+            raise DataError(path, "not a prepared patient (annotations.npz missing)") from None
         except Exception as exc:  # zipfile, zlib, EOF, missing keys: all mean a corrupt file
             raise DataError(path, f"corrupt annotation arrays ({type(exc).__name__}: {exc})") from None
+
+    @cached_property
+    def beat_sample(self) -> np.ndarray:
+        """Beat positions (int32, samples from the patient's first sample), sorted."""
+        return self._annotation("beat_sample")
+
+    @cached_property
+    def beat_class(self) -> np.ndarray:
+        """Beat class of each beat (uint8, BEAT_CLASSES indices)."""
+        return self._annotation("beat_class")
+
+    @cached_property
+    def rhythm(self) -> np.ndarray:
+        """Rhythm class of each beat (uint8, RHYTHM_CLASSES indices)."""
+        return self._annotation("rhythm")
 
     @cached_property
     def signal(self) -> np.memmap:
@@ -354,16 +389,39 @@ class StoredPatient:
         return slice(int(lo), int(hi))
 
 
-class Store:
-    """A prepared store (see the module docstring)."""
+def _lean_entries(keys: Iterable[str]) -> Callable[[dict], dict]:
+    """A ``json`` object hook that keeps only ``keys`` (and ``patient_id``) of the patient entries."""
+    keep = ("patient_id", *(k for k in keys if k != "patient_id"))
 
-    def __init__(self, root: str | os.PathLike):
+    def hook(obj: dict) -> dict:
+        if "patient_id" not in obj or "segment_lengths" not in obj:  # not a patient entry (a failure, counts, totals)
+            return obj
+        entry = {k: obj[k] for k in keep if k in obj}
+        if "segment_lengths" in entry:
+            entry["segment_lengths"] = np.asarray(entry["segment_lengths"], np.int64)
+        return entry
+
+    return hook
+
+
+class Store:
+    """A prepared store (see the module docstring).
+
+    ``keys``: keep only these keys of each patient entry of the manifest (``patient_id``
+    always), dropping the others while the manifest is parsed, and hold
+    ``segment_lengths`` as int64 arrays: a lean read for large stores, whose memory and
+    time do not grow with what the caller does not use (the full entries of 11,000
+    Icentia11k patients, with their segment names and label counts, are ~75 MB of Python
+    objects; the sampler's keys about 6 MB). None keeps the full entries.
+    """
+
+    def __init__(self, root: str | os.PathLike, keys: Iterable[str] | None = None):
         self.root = Path(root)
         path = self.root / MANIFEST_FILE
         if not path.is_file():
             raise DataError(path, "no store manifest here; run `ecgtl prepare` first")
         try:
-            self.manifest = json.loads(path.read_text())
+            self.manifest = json.loads(path.read_text(), object_hook=None if keys is None else _lean_entries(keys))
         except json.JSONDecodeError as exc:
             raise DataError(path, f"unreadable manifest ({exc}); rerun `ecgtl prepare` to rebuild it") from None
         if self.manifest.get("format") != STORE_FORMAT:

@@ -124,7 +124,7 @@ class Experiment:
         try:
             from ecgtl.data.store import Store
 
-            patients = Store(cfg.store).patients
+            patients = Store(cfg.store, keys=("source",)).patients
         except Exception:  # no store yet: estimate for the store the pipeline builds here
             return 200
         return sum(1 for p in patients if cfg.sources is None or p["source"] in cfg.sources)
