@@ -24,14 +24,83 @@ from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc2017 import Cinc2017, read_record
 from ecgtl.data.wfdb_io import check_dat_size, read_header
 from ecgtl.errors import ConfigError, DataError, EcgtlError
-from ecgtl.evaluate.inference import Classifier, check_recording, find_card, write_predictions
+from ecgtl.evaluate.inference import (
+    CPU_BATCH,
+    CPU_BATCH_SAMPLES,
+    CUDA_BATCH,
+    PRECISIONS,
+    Classifier,
+    InferenceTiming,
+    check_probabilities,
+    check_recording,
+    find_card,
+    write_predictions,
+)
 from ecgtl.evaluate.metrics import classification_report, format_report
-
+from ecgtl.evaluate.parallel import (
+    cinc_jobs,
+    ordered_map,
+    prepare_signal,
+    read_prepared_cinc,
+    resolve_workers,
+    start_pool_server,
+)
 
 # --------------------------------------------------------------------------- evaluate
+#: What the reading processes import once, before they fork (no PyTorch).
+PRELOAD_CINC = ("ecgtl.evaluate.parallel", "ecgtl.data.cinc2017", "ecgtl.data.transforms", "scipy.signal")
+#: ... and those of ``predict`` (its worker is in this module).
+PRELOAD_PREDICT = ("ecgtl.evaluate.commands", "scipy.signal")
+
+
+def classify_folder(clf: Classifier, cinc: Cinc2017, progress: bool = True, workers: int | str | None = "auto",
+                    names: list[str] | None = None, check: bool = True) -> tuple[list[str], list[str | None], np.ndarray, list[tuple[str, str]], InferenceTiming]:
+    """Read, prepare and classify the records of a CinC-layout folder: ``(names, labels, probabilities, failures, timing)``.
+
+    Records are read and prepared by ``workers`` processes (``auto``: one per core but one, for
+    enough records; 0: this process) while this process runs the model on those already
+    prepared. A record that cannot be read is skipped and reported as ``(name, error)``, the
+    error naming its file, as :meth:`Cinc2017.read_all` does. ``check``: refuse non-finite
+    probabilities (:meth:`Classifier.probabilities`).
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    names = list(names or cinc.names)
+    n_workers = resolve_workers(workers, len(names))
+    jobs = cinc_jobs(cinc.folder, names, cinc.labels, clf.fs, clf.normalization.mean, clf.normalization.std)
+    runner = clf.runner()
+    kept, labels, failures = [], [], []
+    read_s = preprocess_s = 0.0
+    first = None
+    results = ordered_map(read_prepared_cinc, jobs, n_workers, preload=PRELOAD_CINC)
+    try:
+        for r in tqdm(results, total=len(jobs), desc="classify", unit="rec", disable=not progress):
+            first = first or time.perf_counter() - t0
+            read_s += r.read_s
+            preprocess_s += r.preprocess_s
+            if r.error is not None:
+                failures.append((r.name, r.error))
+                continue
+            runner.add(r.signal, clf.input_starts(r.signal.shape[0]))
+            kept.append(r.name)
+            labels.append(r.label)
+    finally:
+        results.close()  # an error or Ctrl-C: the workers stop
+    probs = clf.probabilities(runner, check=check)
+    timing = clf.timing(runner, time.perf_counter() - t0, read_s=read_s, preprocess_s=preprocess_s, workers=n_workers,
+                        first_record_s=first or 0.0)
+    return kept, labels, probs, failures, timing
+
+
 def run_evaluate(checkpoint: str, data: str, labels: str = "v3", out: str | None = None, n_boot: int = 1000,
-                 device: str = "auto", progress: bool = True) -> dict:
-    clf = Classifier(checkpoint, device=device)
+                 device: str = "auto", progress: bool = True, workers: int | str | None = "auto", batch_size: int | None = None,
+                 precision: str = "auto") -> dict:
+    """Score a model on a CinC-layout folder; the report (also written as JSON) holds the metrics and a ``timing``
+    section (:class:`~ecgtl.evaluate.inference.InferenceTiming`: records/s, and the read / preprocess / model seconds)."""
+    if workers != 0:
+        start_pool_server(PRELOAD_CINC)  # its imports run while the model loads and CUDA starts
+    clf = Classifier(checkpoint, device=device, batch_size=batch_size, precision=precision)
     cinc = Cinc2017(data, labels=labels)
     if not cinc.labels:
         raise ConfigError(f"{data}: no label file (REFERENCE.csv or REFERENCE-v3.csv); use `ecgtl predict` for unlabelled data")
@@ -66,27 +135,26 @@ def run_evaluate(checkpoint: str, data: str, labels: str = "v3", out: str | None
                           "pass another --out, or move that folder away")
 
     check_out_dir()
-    records, failures = cinc.read_all(progress=progress)
+    names, label_names, probs, failures, timing = classify_folder(clf, cinc, progress=progress, workers=workers, check=False)
     for name, why in failures:
         print(f"skipped {name}: {why}")
-    if not records:
+    if not names:
         raise DataError(data, "no readable record")
-    t = time.perf_counter()
-    probs = clf.predict_proba([r.signal for r in records], [r.fs for r in records])
-    seconds = time.perf_counter() - t
-    y = np.array([r.label_index for r in records])
+    check_probabilities(probs, clf.card["_card_path"])
+    y = np.array([CINC_CLASSES.index(lab) for lab in label_names])
     report = classification_report(y, probs, n_boot=n_boot, split=f"folder {data}")
     splits_file = find_card(checkpoint).parent / "splits.json"
     if splits_file.is_file():  # records the model was trained or selected on make the score optimistic
         from ecgtl.data.splits import load_splits
 
         seen = set().union(*(set(v) for k, v in load_splits(splits_file).items() if k in ("train", "val")))
-        overlap = sorted(seen & {r.name for r in records})
+        overlap = sorted(seen & set(names))
         report["records_seen_in_training_or_validation"] = len(overlap)
         if overlap:
-            print(f"warning: {len(overlap)} of {len(records)} records were in this model's training or validation split "
+            print(f"warning: {len(overlap)} of {len(names)} records were in this model's training or validation split "
                   f"({splits_file}), e.g. {overlap[:3]}: the score is optimistic")
-    report["inference_records_per_s"] = len(records) / seconds
+    report["inference_records_per_s"] = timing.model_records_per_s  # the model stage, as fine-tuning's reports give it
+    report["timing"] = timing.as_dict()
     report["skipped"] = [{"record": n, "error": e} for n, e in failures]
     report["checkpoint"] = str(find_card(checkpoint))
     report["label_file"] = str(cinc.label_file)  # which labels were scored: the folder's own, or the one given
@@ -108,10 +176,11 @@ def run_evaluate(checkpoint: str, data: str, labels: str = "v3", out: str | None
             pass
         check_out_dir()  # again: another evaluation may have written here while this one ran
         # Both atomic (a crash or a full disk leaves the old file or the new one); the report last.
-        write_predictions(out_dir / "predictions.csv", [r.name for r in records], y, probs)
+        write_predictions(out_dir / "predictions.csv", names, y, probs)
         atomic_write(out_dir / "report.json", json.dumps(report, indent=1))
     print(format_report(report))
-    print(f"{len(records) / seconds:.0f} records/s; wrote {out_dir / 'report.json'} and predictions.csv")
+    print(timing.summary())
+    print(f"wrote {out_dir / 'report.json'} and predictions.csv")
     return report
 
 
@@ -270,34 +339,82 @@ def _json_safe(result: dict) -> dict:
         return {"file": result.get("file"), "error": f"{result.get('file')}: non-finite value in the result {result!r}"}
 
 
+def load_prepared(job: tuple) -> tuple:
+    """Worker of ``predict``: one file read, checked and prepared for the model.
+
+    ``job`` = ``(file, fs, lead, gain, model fs, mean, std)``; returns ``(prepared signal or None,
+    error or None, rate, samples, read seconds, preprocess seconds)``.
+    """
+    path, fs, lead, gain, fs_out, mean, std = job
+    t0 = time.perf_counter()
+    try:
+        sig, rate = load_recording(path, fs, lead, gain)
+        sig = check_recording(sig, rate, path)
+    except EcgtlError as err:
+        return None, str(err), None, 0, time.perf_counter() - t0, 0.0
+    t1 = time.perf_counter()
+    x = prepare_signal(sig, rate, fs_out, mean, std)
+    return x, None, float(rate), int(sig.shape[0]), t1 - t0, time.perf_counter() - t1
+
+
 def run_predict(files: list[str], checkpoint: str, fs: float | None = None, lead: str | None = None, gain: float | None = None,
-                as_json: bool = False, device: str = "auto") -> int:
+                as_json: bool = False, device: str = "auto", workers: int | str | None = "auto", batch_size: int | None = None,
+                precision: str = "auto") -> int:
     """Classify each file; a file that fails (or whose probabilities are not finite) gets an error, never a class.
 
     With ``as_json`` the output is always valid JSON (no NaN/Infinity), one entry per file, also
     when the model itself is refused (then every file gets its error, and the error is raised).
+    The files are read by ``workers`` processes (``auto``: for many files) and classified in
+    batches; the timing (records/s, read / preprocess / model seconds) is logged (stderr),
+    so that the output stays one line (or one JSON entry) per file.
     """
+    import logging
+
     try:
-        clf = Classifier(checkpoint, device=device)
+        clf = Classifier(checkpoint, device=device, batch_size=batch_size, precision=precision)
     except EcgtlError as err:
         if as_json:
             print(json.dumps([{"file": f, "error": str(err)} for f in files], indent=1))
         raise
-    results, failed = [], 0
-    for f in files:
-        try:
-            sig, rate = load_recording(f, fs, lead, gain)
-            sig = check_recording(sig, rate, f)
-            probs = clf.predict_proba([sig], rate)[0]  # finite, or a DataError
-        except EcgtlError as err:
+    t0 = time.perf_counter()
+    n_workers = resolve_workers(workers, len(files))
+    jobs = [(f, fs, lead, gain, clf.fs, clf.normalization.mean, clf.normalization.std) for f in files]
+    runner = clf.runner()
+    loaded: list[tuple[str, str | None, float | None, int]] = []  # (file, error, rate, samples)
+    read_s = preprocess_s = 0.0
+    first = None
+    prepared = ordered_map(load_prepared, jobs, n_workers, preload=PRELOAD_PREDICT)
+    try:
+        for f, (x, error, rate, samples, r_s, p_s) in zip(files, prepared):
+            first = first or time.perf_counter() - t0
+            read_s += r_s
+            preprocess_s += p_s
+            if x is not None:
+                runner.add(x, clf.input_starts(x.shape[0]))
+            loaded.append((f, error, rate, samples))
+    finally:
+        prepared.close()
+    probs = clf.probabilities(runner, check=False)  # checked file by file below: one bad output fails its file only
+    timing = clf.timing(runner, time.perf_counter() - t0, read_s=read_s, preprocess_s=preprocess_s, workers=n_workers,
+                        first_record_s=first or 0.0)
+    results, failed, row = [], 0, 0
+    for f, error, rate, samples in loaded:
+        if error is None:
+            p = probs[row]
+            row += 1
+            try:
+                check_probabilities(p[None, :], clf.card["_card_path"])
+            except EcgtlError as err:
+                error = str(err)
+        if error is not None:
             failed += 1
-            results.append({"file": f, "error": str(err)})
+            results.append({"file": f, "error": error})
             if not as_json:
-                print(f"{f}: error: {err}")
+                print(f"{f}: error: {error}")
             continue
-        label = clf.classes[int(probs.argmax())]
-        result = _json_safe({"file": f, "label": label, "probabilities": dict(zip(clf.classes, map(float, probs))),
-                             "fs": float(rate), "seconds": len(sig) / rate})
+        label = clf.classes[int(p.argmax())]
+        result = _json_safe({"file": f, "label": label, "probabilities": dict(zip(clf.classes, map(float, p))),
+                             "fs": float(rate), "seconds": samples / rate})
         results.append(result)
         if "error" in result:
             failed += 1
@@ -306,9 +423,10 @@ def run_predict(files: list[str], checkpoint: str, fs: float | None = None, lead
             continue
         if not as_json:
             names = dict(zip(CINC_CLASSES, ("normal", "AF", "other rhythm", "noisy")))
-            print(f"{f}: {label} ({names.get(label, label)}); " + ", ".join(f"{c} {p:.3f}" for c, p in zip(clf.classes, probs)))
+            print(f"{f}: {label} ({names.get(label, label)}); " + ", ".join(f"{c} {v:.3f}" for c, v in zip(clf.classes, p)))
     if as_json:
         print(json.dumps(results, indent=1, allow_nan=False))
+    logging.getLogger(__name__).info("predict: %s", timing.summary())
     return 1 if failed else 0
 
 
@@ -333,8 +451,8 @@ def run_export(checkpoint: str, out: str, verify_data: str | None = None, verify
     import onnx
     import onnxruntime as ort
 
-    clf = Classifier(checkpoint)
-    model = clf.model.cpu().eval()
+    clf = Classifier(checkpoint, device="cpu", conv_layout="1d")  # exported as plain 1-D convolutions
+    model = clf.model.eval()
     length = clf.input_samples
     dummy = torch.zeros(2, 1, length)
     out_path = Path(out)
@@ -408,6 +526,43 @@ def _positive_gain(text: str) -> float:
     return value
 
 
+def _workers(text: str) -> int | str:
+    """``--workers``: ``auto`` or a count of processes (0: read in this process)."""
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of processes (0 = none) or auto")
+    return value
+
+
+def _batch(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of model inputs per batch")
+    return value
+
+
+def _add_speed_options(p) -> None:
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:1")
+    p.add_argument("--workers", type=_workers, default="auto", help="processes that read and prepare the files: auto "
+                   "(one per core but one, when there are enough files), or a number (0 = this process)")
+    p.add_argument("--batch-size", type=_batch, default=None, help=f"model inputs per batch (default {CUDA_BATCH} on a "
+                   f"GPU; on the CPU {CPU_BATCH}, or fewer long inputs: {CPU_BATCH_SAMPLES:,} samples a batch)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto (bf16 autocast on a GPU that has it, "
+                   "float32 elsewhere), float32 (the probabilities of fine-tuning's reports), bfloat16")
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("evaluate")
     p.add_argument("--checkpoint", required=True, help="model card (model.json), its run folder, or best.safetensors")
@@ -415,10 +570,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--labels", default="v3", help="v3 (default), original, or a label file")
     p.add_argument("--out", help="output folder (default: <run>/evaluate-<data folder name>-<hash of its path>)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% intervals")
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:1")
+    _add_speed_options(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=lambda a: 0 if run_evaluate(a.checkpoint, a.data, a.labels, a.out, a.bootstrap, a.device,
-                                                    not a.no_progress) else 1)
+                                                    not a.no_progress, a.workers, a.batch_size, a.precision) else 1)
 
     p = subparsers.add_parser("predict")
     p.add_argument("files", nargs="+", help="recordings: record.hea, record.mat (+ .hea), file.csv, file.npy")
@@ -429,8 +584,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gain", type=_positive_gain, help="raw units per mV of CSV/NumPy values not in mV (e.g. 1000 for "
                                                        "CinC 2017 counts, 0.001 for volts)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:1")
-    p.set_defaults(func=lambda a: run_predict(a.files, a.checkpoint, a.fs, a.lead, a.gain, a.json, a.device))
+    _add_speed_options(p)
+    p.set_defaults(func=lambda a: run_predict(a.files, a.checkpoint, a.fs, a.lead, a.gain, a.json, a.device, a.workers,
+                                              a.batch_size, a.precision))
 
     p = subparsers.add_parser("export")
     p.add_argument("--checkpoint", required=True, help="model card (model.json) or its run folder")
