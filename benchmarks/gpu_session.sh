@@ -12,8 +12,9 @@
 # Steps, each with its own time limit so one failure leaves the others' results:
 #   1. benchmarks/bench_gpu.py: training-step variants of ResNet-18 (eager, channels-last 2-D
 #      layout, torch.compile, fused Adam), loss curves against eager fp32, profiles -> bench_gpu.json
-#   2. an 11,000-patient virtual store (hard links), then `ecgtl pretrain --preset paper` with
-#      8 loader workers and the fast path: frames/s and data_wait_share per round -> pretrain_metrics.csv
+#   2. a 2,000-patient virtual store (hard links; the scale itself is benchmarks/bench_data.py --virtual's
+#      job), then `ecgtl pretrain --preset paper` (256 frames per patient and round) with 8 loader
+#      workers and the fast path, 3 rounds: frames/s and data_wait_share per round -> pretrain_metrics.csv
 #   3. benchmarks/bench_inference.py on the GPU -> bench_inference.json
 set -u
 OUT=${1:?usage: gpu_session.sh OUT_DIR [CARRY_DIR]}
@@ -35,7 +36,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
     INFER="--records 64 --device cpu"
 else
     BENCH=""
-    PATIENTS=11000; PRE="--set frames_per_patient=32 --set num_workers=8 --set compile=true --set rounds=4"
+    PATIENTS=2000; PRE="--set num_workers=8 --set compile=true --set rounds=3"
     INFER="--records 5000 --device cuda"
 fi
 

@@ -335,3 +335,17 @@ def test_apply_conv_layout_auto_and_refusals():
     apply_conv_layout(stft, "2d", torch.device("cpu"))  # 2-D / STFT models are left as they are
     with pytest.raises(ValueError, match="1-D"):
         create_model("resnet18_preact_2d", num_classes=4, width=0.125).use_conv2d_layout()
+
+
+def test_compile_setting_is_true_false_or_auto_and_auto_means_cuda_only():
+    from ecgtl.config import FinetuneConfig, PretrainConfig, compile_enabled, load_config
+
+    pre = load_config(PretrainConfig, "paper", "pretrain", [])
+    assert pre.compile == "auto" and pre.conv_layout == "auto"
+    assert compile_enabled(pre.compile, torch.device("cuda")) and not compile_enabled(pre.compile, torch.device("cpu"))
+    assert load_config(FinetuneConfig, "cpu", "finetune", []).compile is False  # variable shapes: off unless asked
+    assert load_config(PretrainConfig, None, "pretrain", ["compile=yes"]).compile is True
+    with pytest.raises(ConfigError, match="true, false or auto"):
+        load_config(PretrainConfig, None, "pretrain", ["compile=maybe"])
+    with pytest.raises(ConfigError, match="conv_layout"):
+        load_config(FinetuneConfig, None, "finetune", ["conv_layout=3d"])

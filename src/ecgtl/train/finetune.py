@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ecgtl.config import FinetuneConfig, add_config_command, save_or_check_config, to_dict
+from ecgtl.config import FinetuneConfig, add_config_command, compile_enabled, save_or_check_config, to_dict
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.augment import EcgAugment
 from ecgtl.data.cinc2017 import Cinc2017, find_label_file
@@ -280,7 +280,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     model, width = build_model(cfg)
     model.to(device)
     apply_conv_layout(model, cfg.conv_layout, device)  # same weights; channels-last 2-D kernels on CUDA
-    if cfg.compile:
+    if compile_enabled(cfg.compile, device):
         model = torch.compile(model)  # the engine saves the plain module's weights (unwrap)
 
     t_train = time.perf_counter()
