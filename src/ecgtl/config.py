@@ -112,6 +112,9 @@ class FinetuneConfig:
     hop_seconds: float = 8.192  # hop of the test-time sliding windows, s
     paper_samples: int = 16_384  # input length of input="paper"
     normalization: str = "train"  # "train": mean/std of the training records; "paper": (x - 0.0075) / 0.2373
+    # global pooling of the last feature map: "mean" over every step, zero padding included (the study);
+    # "masked": only the steps over real signal (short records' padding left out; 1-D models only)
+    pooling: str = "mean"
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     init: str | None = None  # pre-trained backbone (a model card JSON or .safetensors); None = random init
@@ -142,6 +145,10 @@ class FinetuneConfig:
         _choice("input", self.input, ("crop", "paper"))
         _choice("normalization", self.normalization, ("train", "paper"))
         _sections(self, ModelConfig, OptimConfig)
+        _choice("pooling", self.pooling, ("mean", "masked"))
+        if self.pooling == "masked" and _is_2d_model(self.model.name):
+            raise ConfigError(f"pooling=masked applies to 1-D models over raw ECG samples; model.name={self.model.name} is a "
+                              "2-D (spectrogram) model, whose pooling also runs over frequency: use pooling=mean")
         _device(self.device)
         _choice("conv_layout", self.conv_layout, ("auto", "1d", "2d"))
         self.compile = _on_off_auto("compile", self.compile)
@@ -259,6 +266,15 @@ MAX_WORKERS = 256
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding accepts 0..2**32-1
 MAX_WIDTH = 16.0  # width 16 is 1,024..8,192 channels
 _DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
+def _is_2d_model(name: str) -> bool:
+    """Whether a model name is one of the 2-D (spectrogram) models (``*_2d``, ``*_2d_stft``; their aliases too).
+
+    By name: config sits beside the models package and does not import it; fine-tuning checks
+    the model itself too (a ``--init`` card's architecture).
+    """
+    return re.search(r"_2d(_|$)", str(name)) is not None
 
 
 def _on_off_auto(key: str, value) -> bool | str:

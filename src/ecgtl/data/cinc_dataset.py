@@ -16,6 +16,15 @@ records at 250 Hz take about 250 MB). The datasets then only cut them:
 Items are ``(tensor of shape (1, samples) float32, int)``: the int is the
 class index (``CINC_CLASSES``: N=0, A=1, O=2, ~=3; -1 for an unlabelled
 record) or, for the window dataset, the record index.
+
+Where the real signal is: built with ``return_valid=True``, a dataset's items
+have a third element, ``valid``, an int64 tensor ``(start, end)``: the input's
+samples ``[start, end)`` are the record's, the ``start`` samples before them
+and the ``length - end`` after them are zero padding (``(0, length)``: no
+padding). Batched by a DataLoader it is ``(B, 2)``, the ``valid`` argument of
+the models' masked pooling (``pooling: masked``). :meth:`valid_range` gives the
+same for one item without cutting it (paper and window datasets); the window
+dataset also holds them all in ``valid`` ``(n_windows, 2)``.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ __all__ = [
     "aggregate_windows",
     "encode_labels",
     "prepare_cinc",
+    "window_valid_range",
 ]
 
 #: Label of a record without a class.
@@ -108,13 +118,35 @@ def _item(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
 
 
+def window_valid_range(n_samples: int, start: int, length: int) -> tuple[int, int]:
+    """The samples ``[lo, hi)`` of the input ``take_window(x, start, length)`` that are ``x``'s (the rest is padding).
+
+    ``x`` has ``n_samples`` samples; a negative ``start`` pads ``-start`` zeros in front, a window
+    running past the end pads the rest. A window that misses the record entirely is ``(0, 0)``.
+    """
+    lo, hi = max(int(start), 0), min(int(start) + int(length), int(n_samples))
+    if hi <= lo:
+        return 0, 0
+    return lo - int(start), hi - int(start)
+
+
+def _valid(lo: int, hi: int) -> torch.Tensor:
+    return torch.tensor([lo, hi], dtype=torch.int64)
+
+
 class _CincBase(Dataset):
-    def __init__(self, signals: Sequence[np.ndarray], labels: Sequence[Any] | None):
+    def __init__(self, signals: Sequence[np.ndarray], labels: Sequence[Any] | None, return_valid: bool = False):
         self.signals = _check_signals(signals)
         self.labels = encode_labels(labels, len(self.signals))
+        self.return_valid = bool(return_valid)
 
     def __len__(self) -> int:
         return len(self.signals)
+
+    def _out(self, x: np.ndarray, target: int, valid: tuple[int, int]) -> tuple:
+        if self.return_valid:
+            return _item(x), target, _valid(*valid)
+        return _item(x), target
 
 
 class CincCropDataset(_CincBase):
@@ -126,11 +158,15 @@ class CincCropDataset(_CincBase):
     :meth:`set_epoch` draws new ones. Call ``set_epoch`` before iterating a
     :class:`~torch.utils.data.DataLoader` each epoch (with
     ``persistent_workers=False``, so that workers see the new epoch).
+    With ``return_valid`` items are ``(crop, class, valid)``: ``valid = (pad, crop_samples)``
+    where ``pad`` samples were padded in front (0 for a record longer than the crop; after
+    the augmentation's time stretch, the stretched record's length counts). Amplitude
+    augmentations (noise, wander) act on the padding too: ``valid`` still says where the record is.
     """
 
     def __init__(self, signals: Sequence[np.ndarray], labels: Sequence[Any] | None, crop_samples: int, seed: int = 0,
-                 augment: EcgAugment | None = None):
-        super().__init__(signals, labels)
+                 augment: EcgAugment | None = None, return_valid: bool = False):
+        super().__init__(signals, labels, return_valid)
         if int(crop_samples) != crop_samples or crop_samples <= 0:
             raise ValueError(f"crop_samples must be a positive whole number, got {crop_samples!r}")
         self.crop_samples = int(crop_samples)
@@ -141,25 +177,35 @@ class CincCropDataset(_CincBase):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple:
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-        if self.augment is None:
-            return _item(random_crop(self.signals[i], self.crop_samples, rng)), int(self.labels[i])
-        crop = random_crop(self.augment.stretch_record(self.signals[i], rng), self.crop_samples, rng)
-        return _item(self.augment(crop, rng)), int(self.labels[i])
+        record = self.signals[i] if self.augment is None else self.augment.stretch_record(self.signals[i], rng)
+        crop = random_crop(record, self.crop_samples, rng)  # a short record: whole, front-padded
+        if self.augment is not None:
+            crop = self.augment(crop, rng)
+        return self._out(crop, int(self.labels[i]), (max(0, self.crop_samples - record.shape[0]), self.crop_samples))
 
 
 class CincPaperDataset(_CincBase):
-    """The authors' input: item ``i`` -> (last ``length`` samples of record ``i``, front zero-padded, (1, length); class index)."""
+    """The authors' input: item ``i`` -> (last ``length`` samples of record ``i``, front zero-padded, (1, length); class index).
 
-    def __init__(self, signals: Sequence[np.ndarray], labels: Sequence[Any] | None, length: int = PAPER_FINETUNE_SAMPLES):
-        super().__init__(signals, labels)
+    With ``return_valid`` a third element ``valid = (max(0, length - n), length)`` for a record of ``n`` samples.
+    """
+
+    def __init__(self, signals: Sequence[np.ndarray], labels: Sequence[Any] | None, length: int = PAPER_FINETUNE_SAMPLES,
+                 return_valid: bool = False):
+        super().__init__(signals, labels, return_valid)
         if int(length) != length or length <= 0:
             raise ValueError(f"length must be a positive whole number, got {length!r}")
         self.length = int(length)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return _item(paper_pad_or_crop(self.signals[i], self.length)), int(self.labels[i])
+    def valid_range(self, i: int) -> tuple[int, int]:
+        """Samples ``[start, end)`` of item ``i``'s input that are the record's (the rest is front padding)."""
+        n = self.signals[i].shape[0]
+        return window_valid_range(n, n - self.length, self.length)
+
+    def __getitem__(self, i: int) -> tuple:
+        return self._out(paper_pad_or_crop(self.signals[i], self.length), int(self.labels[i]), self.valid_range(i))
 
 
 class CincWindowDataset(_CincBase):
@@ -172,15 +218,22 @@ class CincWindowDataset(_CincBase):
     order. ``record_index`` (n_windows,) maps windows to records; per-record
     classes are in ``labels``. Average the model's window probabilities with
     :func:`aggregate_windows` ``(probs, dataset.record_index, len(dataset.signals))``.
+    ``valid`` (n_windows, 2) int64: the samples ``[start, end)`` of each window that are its
+    record's (``(0, window_samples)`` but for a short record's front-padded window); with
+    ``return_valid`` items are ``(window, record index, valid)``.
     """
 
-    def __init__(self, signals: Sequence[np.ndarray], labels: Sequence[Any] | None, window_samples: int, hop_samples: int):
-        super().__init__(signals, labels)
+    def __init__(self, signals: Sequence[np.ndarray], labels: Sequence[Any] | None, window_samples: int, hop_samples: int,
+                 return_valid: bool = False):
+        super().__init__(signals, labels, return_valid)
         self.window_samples = int(window_samples)
         self.hop_samples = int(hop_samples)
         starts = [window_starts(s.shape[0], window_samples, hop_samples) for s in self.signals]
         self.starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
         self.record_index = np.repeat(np.arange(len(starts), dtype=np.int64), [len(s) for s in starts])
+        lengths = np.array([s.shape[0] for s in self.signals], dtype=np.int64)[self.record_index]
+        lo, hi = np.maximum(self.starts, 0), np.minimum(self.starts + self.window_samples, lengths)
+        self.valid = np.where((hi > lo)[:, None], np.stack([lo - self.starts, hi - self.starts], axis=1), 0).astype(np.int64)
 
     @property
     def n_records(self) -> int:
@@ -189,9 +242,14 @@ class CincWindowDataset(_CincBase):
     def __len__(self) -> int:
         return int(self.starts.shape[0])
 
-    def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
+    def valid_range(self, j: int) -> tuple[int, int]:
+        """Samples ``[start, end)`` of window ``j`` that are its record's (the rest is zero padding)."""
+        lo, hi = self.valid[j]
+        return int(lo), int(hi)
+
+    def __getitem__(self, j: int) -> tuple:
         r = int(self.record_index[j])
-        return _item(take_window(self.signals[r], int(self.starts[j]), self.window_samples)), r
+        return self._out(take_window(self.signals[r], int(self.starts[j]), self.window_samples), r, self.valid_range(j))
 
 
 def aggregate_windows(window_probs: np.ndarray, record_index: np.ndarray, n_records: int | None = None) -> np.ndarray:

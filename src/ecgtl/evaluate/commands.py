@@ -7,7 +7,10 @@
   ``.mat`` (with its ``.hea``), CSV or NumPy ``.npy`` (``--fs`` required; values in mV, or
   raw units with ``--gain``).
 * ``export --checkpoint C --out model.onnx``: ONNX with dynamic batch and length, checked
-  against PyTorch with onnxruntime on real records.
+  against PyTorch with onnxruntime on real records. A model with masked pooling (card
+  ``pooling: masked``) is exported with a second input, ``valid`` (int64, ``(batch, 2)``): per
+  input the samples ``[start, end)`` that are the recording's, the rest being zero padding
+  (``[0, samples)`` for an input without padding); the metadata say ``pooling=masked``.
 """
 
 from __future__ import annotations
@@ -454,16 +457,23 @@ def run_export(checkpoint: str, out: str, verify_data: str | None = None, verify
     clf = Classifier(checkpoint, device="cpu", conv_layout="1d")  # exported as plain 1-D convolutions
     model = clf.model.eval()
     length = clf.input_samples
-    dummy = torch.zeros(2, 1, length)
+    masked = clf.pooling == "masked"  # a second input: the samples of each input that are the recording's
+    dummy = (torch.zeros(2, 1, length),) + ((torch.tensor([[0, length]] * 2, dtype=torch.int64),) if masked else ())
+    input_names = ["ecg", "valid"] if masked else ["ecg"]
+    axes = {"ecg": {0: "batch", 2: "samples"}, "logits": {0: "batch"}, **({"valid": {0: "batch"}} if masked else {})}
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")  # renamed to out_path once verified
     try:
-        torch.onnx.export(model, (dummy,), str(tmp_path), input_names=["ecg"], output_names=["logits"], opset_version=opset,
-                          dynamic_axes={"ecg": {0: "batch", 2: "samples"}, "logits": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(model, dummy, str(tmp_path), input_names=input_names, output_names=["logits"], opset_version=opset,
+                          dynamic_axes=axes, dynamo=False)
         proto = onnx.load(str(tmp_path))
         meta = {"fs_hz": clf.fs, "normalization_mean_mv": clf.normalization.mean, "normalization_std_mv": clf.normalization.std,
-                "classes": ",".join(clf.classes), "window_samples": clf.window, "hop_samples": clf.hop, "input": clf.input}
+                "classes": ",".join(clf.classes), "window_samples": clf.window, "hop_samples": clf.hop, "input": clf.input,
+                "pooling": clf.pooling}
+        if masked:
+            meta["valid_input"] = ("int64 (batch, 2): per input the samples [start, end) that are the recording's; "
+                                   "the rest is zero padding ([0, samples) without padding)")
         if clf.card.get("class_bias"):  # decisions of a calibrated model: argmax(log_softmax(logits) + bias)
             meta["class_bias_on_log_softmax"] = ",".join(f"{b:.6g}" for b in clf.card["class_bias"])
         for k, v in meta.items():
@@ -478,13 +488,17 @@ def run_export(checkpoint: str, out: str, verify_data: str | None = None, verify
             inputs = clf.preprocess([r.signal for r in records], [r.fs for r in records])
             batches = [x[: max(length, 1)] if len(x) >= length else np.pad(x, (length - len(x), 0)) for x in inputs]
             x = np.stack(batches)[:, None, :].astype(np.float32)
+            valid = np.array([[max(0, length - len(r)), length] for r in inputs], dtype=np.int64)  # front padding
             source = f"{len(records)} real records of {verify_data}"
         else:
             x = np.random.default_rng(0).standard_normal((4, 1, length)).astype(np.float32)
+            valid = np.array([[0, length], [length // 2, length], [length - 10, length], [0, length // 3]], dtype=np.int64)
+            x[1, 0, : length // 2] = x[2, 0, : length - 10] = x[3, 0, length // 3 :] = 0.0  # zero padding where not valid
             source = "random input"
+        feeds = {"ecg": x, **({"valid": valid} if masked else {})}
         with torch.no_grad():
-            ref = model(torch.from_numpy(x)).numpy()
-        got = session.run(["logits"], {"ecg": x})[0]
+            ref = model(*(torch.from_numpy(feeds[k]) for k in input_names)).numpy()
+        got = session.run(["logits"], feeds)[0]
         diff, same_class = _compare_outputs(ref, got, out_path, source)
         os.replace(tmp_path, out_path)
     finally:

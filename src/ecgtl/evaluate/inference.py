@@ -12,6 +12,11 @@ pinned host buffers copied without blocking, results kept on the GPU until the e
 autotuner, and 512 inputs per batch. On the CPU the arithmetic is float32 as before, in batches
 small enough for the caches (8 inputs of 16,384 samples, up to 128 short ones), and the
 probabilities are those of a record-by-record run (within 1e-6).
+
+A model whose card says ``pooling: masked`` (see :mod:`ecgtl.models.card`) pools only over the
+feature steps of real signal: every path here gives it, per input, the sample range ``valid =
+(start, end)`` that is the record's (the rest of a short record's window is zero padding), as
+fine-tuning did.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from ecgtl.errors import ConfigError, DataError
 from ecgtl.evaluate.calibration import biased_probabilities
 from ecgtl.evaluate.parallel import prepare_signal
 from ecgtl.fileio import atomic_write
-from ecgtl.models.card import model_from_card, read_card
-from ecgtl.runtime import resolve_device
+from ecgtl.models.card import card_pooling, model_from_card, read_card
+from ecgtl.runtime import resolve_device, unwrap
 
 MIN_SECONDS = 5.0  # shorter recordings are refused: a few beats cannot tell AF from other rhythms
 #: ``precision`` of inference: ``auto`` is bf16 autocast on a CUDA GPU that supports it, float32 elsewhere.
@@ -68,6 +73,11 @@ def check_probabilities(probs: np.ndarray, source: str | os.PathLike | None) -> 
                                 f"recording(s) (e.g. #{', #'.join(map(str, rows[:3]))}), so no class can be given: its weights "
                                 "are corrupt or diverged, or an input is far out of range (recordings must be in mV: see --gain)")
     return probs
+
+
+def model_pooling(model: torch.nn.Module) -> str:
+    """The global pooling of a model (``"mean"`` or ``"masked"``), through compile/DDP/EMA wrappers; ``"mean"`` if it says none."""
+    return getattr(unwrap(model), "pooling", "mean")
 
 
 # --------------------------------------------------------------------------- batches
@@ -124,16 +134,20 @@ def _autocast(plan: InferencePlan):
     return contextlib.nullcontext() if plan.amp_dtype is None else torch.autocast(plan.device.type, dtype=plan.amp_dtype)
 
 
-def _cut(row: np.ndarray, x: np.ndarray, start: int) -> None:
-    """``row[:] = x[start:start + len(row)]``, zeros where the window leaves the record (as ``take_window``)."""
+def _cut(row: np.ndarray, x: np.ndarray, start: int) -> tuple[int, int]:
+    """``row[:] = x[start:start + len(row)]``, zeros where the window leaves the record (as ``take_window``).
+
+    Returns the samples ``[lo, hi)`` of ``row`` that are the record's (``window_valid_range``).
+    """
     length = row.shape[0]
     lo, hi = max(start, 0), min(start + length, x.shape[0])
     if hi <= lo:
         row[:] = 0.0
-        return
+        return 0, 0
     row[: lo - start] = 0.0
     row[lo - start : hi - start] = x[lo:hi]
     row[hi - start :] = 0.0
+    return lo - start, hi - start
 
 
 class BatchRunner:
@@ -148,13 +162,17 @@ class BatchRunner:
     (no synchronisation per batch); with ``plan.buffers`` > 1 the next batch is cut into another
     host buffer while the last one is copied; with ``plan.pad_last`` the last batch runs at full
     size (its extra rows dropped), so that cuDNN tunes its kernels for one shape only. ``seconds``
-    is the time spent here (cutting, copying, the model, and waiting for it).
+    is the time spent here (cutting, copying, the model, and waiting for it). ``masked`` (None:
+    the model's own pooling, :func:`model_pooling`): the model is called as ``model(x, valid)``
+    with each input's record samples ``valid`` ``(B, 2)`` (masked pooling).
     """
 
-    def __init__(self, model: torch.nn.Module, length: int, plan: InferencePlan):
+    def __init__(self, model: torch.nn.Module, length: int, plan: InferencePlan, masked: bool | None = None):
         if int(length) != length or length <= 0:
             raise ConfigError(f"model input length must be a positive whole number of samples, got {length!r}")
         self.model, self.length, self.plan = model, int(length), plan
+        self.masked = model_pooling(model) == "masked" if masked is None else bool(masked)
+        self._valid_buffers: list[torch.Tensor] = []
         self._pending: list[tuple[np.ndarray, int]] = []
         self._record_index: list[int] = []
         self._outputs: list[torch.Tensor] = []
@@ -192,6 +210,13 @@ class BatchRunner:
                                              pin_memory=self.plan.pin_memory))
         return self._buffers[turn]
 
+    def _valid_buffer(self, turn: int) -> torch.Tensor:
+        while len(self._valid_buffers) <= turn:  # (0, length): rows past n (pad_last) pool over their whole stale input
+            buf = torch.zeros((self.plan.batch_size, 2), dtype=torch.int64, pin_memory=self.plan.pin_memory)
+            buf[:, 1] = self.length
+            self._valid_buffers.append(buf)
+        return self._valid_buffers[turn]
+
     def _run(self, n: int) -> None:
         items, self._pending = self._pending[:n], self._pending[n:]
         turn = self._turn
@@ -200,11 +225,15 @@ class BatchRunner:
             self._events[turn].synchronize()  # the copy out of this buffer, two batches ago, is done
         buf = self._buffer(turn)
         host = buf.numpy()
+        valid = self._valid_buffer(turn).numpy() if self.masked else None
         for k, (x, start) in enumerate(items):
-            _cut(host[k, 0], x, start)
+            lo_hi = _cut(host[k, 0], x, start)
+            if valid is not None:
+                valid[k] = lo_hi
         device = self.plan.device
         rows = self.plan.batch_size if self.plan.pad_last else n  # rows past n: stale inputs, outputs dropped
         xb = buf[:rows].to(device, non_blocking=self.plan.pin_memory)
+        vb = self._valid_buffers[turn][:rows].to(device, non_blocking=self.plan.pin_memory) if self.masked else None
         if device.type == "cuda":
             self._events[turn] = torch.cuda.Event()
             self._events[turn].record()
@@ -213,7 +242,7 @@ class BatchRunner:
             torch.backends.cudnn.benchmark = True
         try:
             with _autocast(self.plan):
-                out = self.model(xb)
+                out = self.model(xb) if vb is None else self.model(xb, vb)
         finally:
             torch.backends.cudnn.benchmark = previous
         self._outputs.append(torch.softmax(out[:n].float(), dim=1))
@@ -226,7 +255,7 @@ class BatchRunner:
         if self._pending:
             self._run(len(self._pending))
         probs = torch.cat(self._outputs).cpu().numpy() if self._outputs else np.zeros((0, 0), dtype=np.float32)
-        self._outputs, self._buffers = [], []
+        self._outputs, self._buffers, self._valid_buffers = [], [], []
         self.seconds += time.perf_counter() - t
         return probs, np.asarray(self._record_index, dtype=np.int64)
 
@@ -245,23 +274,27 @@ def _dataset_cuts(dataset) -> tuple[list[np.ndarray], list[np.ndarray], int] | N
 
 
 def predict_dataset(model: torch.nn.Module, dataset, batch_size: int, device: torch.device,
-                    source: str | os.PathLike | None = None, precision: str = "float32") -> np.ndarray:
+                    source: str | os.PathLike | None = None, precision: str = "float32",
+                    pooling: str | None = None) -> np.ndarray:
     """Per-record class probabilities, shape (n_records, n_classes), float32 arithmetic unless ``precision`` says otherwise.
 
     ``dataset`` yields ``(x, record_index)``: sliding windows (:class:`CincWindowDataset`, whose
     window probabilities are averaged per record) or one input per record. The datasets of
     :func:`inference_dataset` are cut straight into batches (:class:`BatchRunner`); any other
     goes through a DataLoader. Non-finite probabilities raise a :class:`DataError` naming
-    ``source`` (the model's card or run folder).
+    ``source`` (the model's card or run folder). ``pooling`` (None: the model's own,
+    :func:`model_pooling`): with ``"masked"`` the model gets each input's ``valid`` sample
+    range (any other dataset must then have ``valid_range(i)``).
     """
     plan = inference_plan(device, batch_size, precision)
     model.eval()
+    masked = (model_pooling(model) if pooling is None else pooling) == "masked"
     cuts = _dataset_cuts(dataset)
     if cuts is None:
-        probs, index = _predict_loader(model, dataset, plan)
+        probs, index = _predict_loader(model, _WithValid(dataset) if masked else dataset, plan, masked)
     else:
         signals, starts, length = cuts
-        runner = BatchRunner(model, length, plan)
+        runner = BatchRunner(model, length, plan, masked=masked)
         for x, s in zip(signals, starts):
             runner.add(x, s)
         probs, index = runner.finish()
@@ -272,16 +305,36 @@ def predict_dataset(model: torch.nn.Module, dataset, batch_size: int, device: to
 
 
 @torch.inference_mode()
-def _predict_loader(model: torch.nn.Module, dataset, plan: InferencePlan) -> tuple[np.ndarray, np.ndarray]:
-    """Any dataset of ``(x, index)`` items, through a DataLoader (items of one shape per batch)."""
+def _predict_loader(model: torch.nn.Module, dataset, plan: InferencePlan, masked: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Any dataset of ``(x, index)`` items (``(x, index, valid)`` when ``masked``), through a DataLoader (one shape per batch)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=plan.batch_size, shuffle=False, pin_memory=plan.pin_memory)
     probs, index = [], []
-    for x, idx in loader:
+    for x, idx, *valid in loader:
         with _autocast(plan):
-            out = model(x.to(plan.device, non_blocking=plan.pin_memory))
+            if masked:
+                out = model(x.to(plan.device, non_blocking=plan.pin_memory), valid[0].to(plan.device))
+            else:
+                out = model(x.to(plan.device, non_blocking=plan.pin_memory))
         probs.append(torch.softmax(out.float(), dim=1))
         index.append(np.asarray(idx))
     return torch.cat(probs).cpu().numpy(), np.concatenate(index)
+
+
+class _WithValid(torch.utils.data.Dataset):
+    """``(x, index)`` items of a dataset with ``valid_range(i)``, as ``(x, index, valid)`` for masked pooling."""
+
+    def __init__(self, base):
+        if not callable(getattr(base, "valid_range", None)):
+            raise ConfigError(f"a model with masked pooling needs to know where the real signal is in each input, "
+                              f"but {type(base).__name__} has no valid_range(i)")
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, idx = self.base[i][:2]
+        return x, idx, torch.tensor(self.base.valid_range(i), dtype=torch.int64)
 
 
 class RecordIndexDataset(torch.utils.data.Dataset):
@@ -295,6 +348,10 @@ class RecordIndexDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.base[i][0], i
+
+    def valid_range(self, i: int) -> tuple[int, int]:
+        """Samples of item ``i``'s input that are the record's (the base dataset's ``valid_range``)."""
+        return self.base.valid_range(i)
 
 
 def inference_dataset(signals: list[np.ndarray], input_mode: str, window: int, hop: int, paper_samples: int):
@@ -368,7 +425,9 @@ class Classifier:
     ``device``: ``auto`` (a GPU if there is one), ``cpu``, ``cuda``...; ``batch_size`` None:
     512 on a GPU, on the CPU 128 or fewer for long inputs (:func:`inference_plan`); ``precision``: see :func:`inference_plan`; ``conv_layout``:
     ``auto`` (the models package's choice for the device), ``1d`` or ``2d``. After each
-    :meth:`predict_proba`, ``last_timing`` tells where its time went.
+    :meth:`predict_proba`, ``last_timing`` tells where its time went. ``pooling`` is the card's
+    (``"mean"`` for cards without the field): with ``"masked"`` each input's record samples
+    are given to the model, as in fine-tuning.
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", batch_size: int | None = None,
@@ -378,7 +437,8 @@ class Classifier:
         if self.card.get("task") != "cinc2017" or int(self.card.get("num_classes", 0)) < 2:
             raise DataError(path, f"not a fine-tuned classifier (task {self.card.get('task')!r}); "
                                   "pre-trained backbones are used through `ecgtl finetune --init`")
-        self.model, _ = model_from_card(self.card)
+        self.model, _ = model_from_card(self.card)  # its pooling set from the card
+        self.pooling = card_pooling(self.card)
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
         self.conv_layout = "1d"
@@ -417,7 +477,7 @@ class Classifier:
     def runner(self) -> BatchRunner:
         """A :class:`BatchRunner` for this model: :meth:`BatchRunner.add` prepared records, then :meth:`probabilities`."""
         self.input_starts(self.input_samples)  # a card with a bad window is refused before any record is read
-        return BatchRunner(self.model, self.input_samples, self.plan)
+        return BatchRunner(self.model, self.input_samples, self.plan, masked=self.pooling == "masked")
 
     def probabilities(self, runner: BatchRunner, check: bool = True) -> np.ndarray:
         """Per-record class probabilities of the records added to ``runner`` (windows averaged, decision biases applied).

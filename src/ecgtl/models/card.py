@@ -2,7 +2,10 @@
 
 The card records what a user of the weights must reproduce: architecture, width, input
 sampling rate (Hz), normalisation (mean/std in mV), input length, classes, the task and
-data it was trained on, seed, steps and the git commit. ``ecgtl finetune --init CARD``,
+data it was trained on, seed, steps and the git commit; a fine-tuned model's card also
+records its global ``pooling`` (``"mean"``, or ``"masked"``: only the feature steps over
+real signal; a card without the field is ``"mean"``), which :func:`model_from_card` sets on
+the model for every reader. ``ecgtl finetune --init CARD``,
 ``ecgtl evaluate``, ``ecgtl predict`` and ``ecgtl export`` all start from a card.
 
 A card vouches for exactly one weights file: it stores the file's SHA-256
@@ -25,12 +28,20 @@ import torch
 from safetensors.torch import load, save
 
 from ecgtl import __version__
-from ecgtl.errors import DataError
+from ecgtl.errors import DataError, EcgtlError
 from ecgtl.fileio import atomic_write
 from ecgtl.models.registry import HEAD_PREFIX, create_model
+from ecgtl.models.resnet1d import POOLINGS as _POOLINGS
 
 CARD_VERSION = 1
 _CARD_DIGEST = "card_sha256"
+#: What a card without a ``pooling`` field (written before it existed) pools with.
+DEFAULT_POOLING = "mean"
+
+
+def card_pooling(card: dict) -> str:
+    """The global pooling of a card's model: its ``pooling`` field, ``"mean"`` for cards without one."""
+    return card.get("pooling") or DEFAULT_POOLING
 
 
 def git_commit() -> str | None:
@@ -80,6 +91,7 @@ def write_card(path: str | os.PathLike, weights: str | os.PathLike, *, expected_
     The card only vouches for weights a reader would accept: a readable file of finite
     tensors. ``expected_sha256`` (e.g. what the training engine recorded when it wrote
     the file) must match the file, so a file replaced in between is refused, not vouched for.
+    A ``pooling`` field, where given, must be ``"mean"`` or ``"masked"``.
     """
     path = Path(path)
     weights = Path(weights)
@@ -98,6 +110,8 @@ def write_card(path: str | os.PathLike, weights: str | os.PathLike, *, expected_
     for key in ("architecture", "width", "fs", "normalization"):
         if key not in card:
             raise ValueError(f"model card needs {key!r}")
+    if card.get("pooling", DEFAULT_POOLING) not in _POOLINGS:
+        raise ValueError(f"model card pooling must be one of {', '.join(_POOLINGS)}, got {card['pooling']!r}")
     card[_CARD_DIGEST] = _card_digest(card)
     atomic_write(path, json.dumps(card, indent=1))
     return card
@@ -187,10 +201,16 @@ def model_from_card(card: dict | str | os.PathLike, num_classes: int | None = No
     With ``reset_head`` (or ``num_classes`` different from the card's) the head is dropped
     and a new one with ``num_classes`` outputs created: fine-tuning from a pre-trained
     backbone, even when the pretext task happens to have as many classes as the target
-    (heart rate and CinC 2017 both have 4). The backbone must load exactly.
+    (heart rate and CinC 2017 both have 4). The backbone must load exactly. The model's
+    pooling is the card's (:func:`card_pooling`): a ``"masked"`` card gives a model whose
+    ``pooling`` is ``"masked"``, for its callers to give it the ``valid`` ranges.
     """
     if not isinstance(card, dict):
         card = read_card(card)
+    pooling = card_pooling(card)
+    if pooling not in _POOLINGS:
+        raise DataError(card.get("_card_path"), f"unknown pooling {pooling!r} (this ecgtl knows {', '.join(_POOLINGS)}): "
+                                                "the card was written by a newer ecgtl; update ecgtl")
     state = load_card_weights(card)
     card_classes = int(card.get("num_classes", 0))
     want = card_classes if num_classes is None else num_classes
@@ -207,4 +227,11 @@ def model_from_card(card: dict | str | os.PathLike, num_classes: int | None = No
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise DataError(card["_weights_path"], f"weights do not fit the card's model: {exc}") from None
+    if pooling != DEFAULT_POOLING:
+        if not callable(getattr(model, "set_pooling", None)):
+            raise DataError(card.get("_card_path"), f"pooling={pooling} but {card['architecture']} has no such pooling")
+        try:
+            model.set_pooling(pooling)
+        except EcgtlError as exc:
+            raise DataError(card.get("_card_path"), str(exc)) from None
     return model, card

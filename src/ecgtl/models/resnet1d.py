@@ -14,6 +14,10 @@ Layout (``w`` = width multiplier, channels ``max(8, round(c * w))``, see :func:`
     stage4  512w kernel 3  stride 2 (first block)
     [BN + ReLU, pre-act only] -> global average pool -> dropout -> head (Linear)
 
+Global pooling (``pooling``): ``"mean"`` averages every time step of the last feature map, the
+zero padding of a short input included; ``"masked"`` averages only the steps over real signal,
+given per input as the sample range ``valid = (start, end)`` (see :func:`valid_feature_steps`).
+
 Blocks: basic (two k-convs) 2-2-2-2 for ResNet-18, 3-4-6-3 for ResNet-34; bottleneck
 (1x1, k-conv with the stride, 1x1 with expansion 4) 3-4-6-3 for ResNet-50. Padding ``k // 2``
 ("same" for odd k), no conv bias anywhere, 1x1 projection shortcut where the shape changes.
@@ -43,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ecgtl.errors import ConfigError
 from ecgtl.models.registry import register_model
 
 __all__ = [
@@ -51,8 +56,10 @@ __all__ = [
     "PreActBasicBlock",
     "PreActBottleneck",
     "CONV_LAYOUTS",
+    "POOLINGS",
     "ResNet",
     "apply_conv_layout",
+    "masked_mean",
     "resnet18_postact",
     "resnet18_preact",
     "resnet34_postact",
@@ -60,6 +67,7 @@ __all__ = [
     "resnet50_postact",
     "resnet50_preact",
     "scale_channels",
+    "valid_feature_steps",
 ]
 
 STAGE_CHANNELS = (64, 128, 256, 512)
@@ -67,6 +75,9 @@ STEM_CHANNELS = 64
 #: Kernel sizes (samples) of stages 1-4 in the study; the authors' class default is 3-3-3-3.
 PAPER_KERNEL_SIZES = (7, 5, 5, 3)
 MIN_CHANNELS = 8
+
+#: Global pooling modes: ``mean`` over every step of the last feature map, ``masked`` over those on real signal.
+POOLINGS = ("mean", "masked")
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
@@ -80,6 +91,35 @@ def scale_channels(channels: int, width: float) -> int:
     width 0.0625 -> 8/8/16/32).
     """
     return max(MIN_CHANNELS, int(round(channels * width)))
+
+
+def valid_feature_steps(valid: torch.Tensor, steps: int, stride: int) -> torch.Tensor:
+    """Which time steps of a feature map lie on real signal: ``(B, steps)`` bool.
+
+    ``valid`` ``(B, 2)`` (integers): per input, the sample range ``[start, end)`` of real
+    signal (``start`` = zero-padded samples in front, ``end`` = input length minus those at the
+    end). Step ``j`` of a map of stride ``stride`` is centred on input sample ``stride * j``
+    (every strided layer here has an odd kernel with padding ``k // 2``, so output ``i`` is
+    centred on input ``2 * i``); a step counts when its centre lies in ``[start, end)``, and
+    at least one step always counts (where no centre does, the one nearest to the range's
+    middle). An input without padding (``valid = (0, T)``) counts all ``ceil(T / stride)`` steps.
+    Traceable (no Python branch on values): exported to ONNX with dynamic length.
+    """
+    if not torch.jit.is_tracing() and (valid.dim() != 2 or valid.shape[1] != 2):
+        raise ValueError(f"valid must be (B, 2) sample ranges [start, end), got shape {list(valid.shape)}")
+    centres = torch.arange(steps, device=valid.device, dtype=torch.int64) * stride  # (steps,)
+    valid = valid.to(torch.int64)
+    start, end = valid[:, 0:1], valid[:, 1:2]
+    mask = (centres >= start) & (centres < end)
+    nearest = (2 * centres - (start + end)).abs().argmin(dim=1, keepdim=True)  # |centre - middle|, x2 to stay integer
+    fallback = (torch.arange(steps, device=valid.device, dtype=torch.int64) == nearest) & ~mask.any(dim=1, keepdim=True)
+    return mask | fallback
+
+
+def masked_mean(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``maps`` ``(B, C, T)`` over the steps where ``mask`` ``(B, T)`` is True: ``(B, C)``."""
+    w = mask.to(maps.dtype).unsqueeze(1)
+    return (maps * w).sum(dim=-1) / w.sum(dim=-1)
 
 
 def _conv(spatial_dims: int, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -> nn.Module:
@@ -265,11 +305,16 @@ class ResNet(nn.Module):
         drop_rate: dropout probability on the pooled features, before the head.
         spatial_dims: 1 for input ``(B, C, T)``, 2 for input ``(B, C, F, T)``.
         stem_kernel_size: kernel of the stride-2 stem conv.
+        pooling: ``"mean"`` or ``"masked"`` (1-D only), see :meth:`set_pooling`.
 
     Attributes:
         num_features: length of the pooled feature vector (``scale_channels(512, width)``,
             times 4 for bottleneck blocks).
         num_classes: current number of head outputs (0 for a backbone).
+        feature_stride: input samples per time step of the last feature map (32 for four stages).
+        pooling: the global pooling the model was trained with (``"mean"`` or ``"masked"``);
+            callers give ``valid`` to :meth:`forward` when it is ``"masked"``. Not a parameter:
+            the state dict is the same either way (model cards record it).
 
     State-dict layout: ``stem.*``, ``stages.<stage>.<block>.*``, ``final_norm.*`` (pre-act only)
     and ``head.*`` (:data:`ecgtl.models.registry.HEAD_PREFIX`); drop ``head.*`` to keep the backbone.
@@ -288,6 +333,7 @@ class ResNet(nn.Module):
         spatial_dims: int = 1,
         stem_kernel_size: int = 7,
         input_transform: nn.Module | None = None,
+        pooling: str = "mean",
     ):
         super().__init__()
         # e.g. a spectrogram computed on the device: the model still takes raw ECG (B, C, T)
@@ -312,6 +358,9 @@ class ResNet(nn.Module):
         self.drop_rate = drop_rate
         self.model_name: str | None = None  # set by create_model
         self.conv2d_layout = False  # see use_conv2d_layout
+        # the stem conv and its max-pool, then one stride-2 block per stage after the first
+        self.feature_stride = 4 * 2 ** max(len(layers) - 1, 0)
+        self.pooling = "mean"
 
         stem_chs = scale_channels(STEM_CHANNELS, width)
         stem = OrderedDict(conv=_conv(spatial_dims, in_chans, stem_chs, stem_kernel_size, stride=2))
@@ -345,6 +394,31 @@ class ResNet(nn.Module):
         self.head: nn.Module = nn.Identity()
         self._init_weights()
         self.reset_classifier(num_classes)
+        self.set_pooling(pooling)
+
+    @property
+    def supports_masked_pooling(self) -> bool:
+        """Whether ``valid`` sample ranges map to the last feature map: 1-D networks on raw samples only.
+
+        A 2-D spectrogram model (given spectrograms, or computing its STFT inside) pools over
+        frequency too and its time axis is STFT frames, so it has no masked pooling.
+        """
+        return self.spatial_dims == 1 and self.input_transform is None
+
+    def set_pooling(self, pooling: str) -> "ResNet":
+        """Record the global pooling of the model: ``"mean"`` (every step, padding too) or ``"masked"``.
+
+        ``"masked"`` is refused (:class:`~ecgtl.errors.ConfigError`) for 2-D models. The mode
+        changes no parameter; it tells callers to give :meth:`forward` the ``valid`` ranges.
+        Returns ``self``.
+        """
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if pooling == "masked" and not self.supports_masked_pooling:
+            raise ConfigError(f"pooling=masked applies to 1-D models over raw ECG samples; {self.model_name or 'this model'} "
+                              "is a 2-D (spectrogram) model, whose pooling also runs over frequency: use pooling=mean")
+        self.pooling = pooling
+        return self
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -416,14 +490,24 @@ class ResNet(nn.Module):
         x = self.stages(x)
         return self.final_norm(x)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled feature vector: input ``(B, in_chans, T)`` (or ``(B, in_chans, F, T)``) -> ``(B, num_features)``.
 
-        Global average pooling over all remaining time (and frequency) steps, padding
-        included. Unlike timm, whose ``forward_features`` returns unpooled maps, this is the
-        embedding a pretext or target head consumes; :meth:`forward_feature_maps` gives the maps.
+        ``valid`` None: global average pooling over all remaining time (and frequency) steps,
+        padding included. ``valid`` ``(B, 2)``, the sample range ``[start, end)`` of real signal
+        in each input (1-D only): the average over the steps of :func:`valid_feature_steps`
+        (masked pooling; ``valid = (0, T)`` gives the plain mean). Unlike timm, whose
+        ``forward_features`` returns unpooled maps, this is the embedding a pretext or target
+        head consumes; :meth:`forward_feature_maps` gives the maps.
         """
-        return self.forward_feature_maps(x).flatten(2).mean(dim=-1)
+        maps = self.forward_feature_maps(x)
+        if valid is None:
+            return maps.flatten(2).mean(dim=-1)
+        if not self.supports_masked_pooling:
+            raise ValueError("valid sample ranges (masked pooling) apply to 1-D models over raw ECG samples only")
+        if not torch.jit.is_tracing() and valid.shape[0] != maps.shape[0]:
+            raise ValueError(f"valid has {valid.shape[0]} rows for a batch of {maps.shape[0]} inputs")
+        return masked_mean(maps, valid_feature_steps(valid.to(maps.device), maps.shape[-1], self.feature_stride))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` from pooled features ``(B, num_features)`` (dropout, then head).
@@ -432,9 +516,13 @@ class ResNet(nn.Module):
         """
         return self.head(self.head_drop(features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)``, or features ``(B, num_features)`` for a backbone."""
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, num_classes)``, or features ``(B, num_features)`` for a backbone.
+
+        ``valid``: per input the sample range ``[start, end)`` of real signal, ``(B, 2)``, for
+        masked pooling (see :meth:`forward_features`); None pools over every step.
+        """
+        return self.forward_head(self.forward_features(x, valid))
 
 
 CONV_LAYOUTS = ("auto", "1d", "2d")

@@ -5,6 +5,12 @@ same engine as pre-training (:mod:`ecgtl.train.engine`). The splits are written 
 folder, so every run of an experiment can reuse the same records (``splits=...``); the
 model is chosen on the validation split by macro-F1 and only then scored on test.
 
+``pooling: masked`` (1-D models) pools the last feature map only over the steps of real signal:
+training crops (or the study's padded input) and the validation/test windows carry the sample
+range of their record (``valid``), the model is called as ``model(x, valid)``, and the card
+records ``pooling`` so that every reader of the model (``evaluate``, ``predict``, ``export``)
+does the same. Pooling has no parameters: ``init`` backbones load as before.
+
 Outputs in ``out``: ``config.yaml``, ``splits.json``, ``metrics.csv`` (per-round validation
 curves), ``curves.png``, ``best.safetensors`` + ``model.json`` (the card),
 ``predictions_{val,test}.csv`` and ``report_{val,test}.json``.
@@ -168,10 +174,13 @@ def prepare_data(cfg: FinetuneConfig, by_name: dict, splits: dict[str, list[str]
 
 
 def build_model(cfg: FinetuneConfig) -> tuple[torch.nn.Module, float]:
-    """A 4-class model: the card's backbone with a new head (``cfg.init``) or random initialisation; returns (model, width)."""
+    """A 4-class model: the card's backbone with a new head (``cfg.init``) or random initialisation; returns (model, width).
+
+    Its pooling is ``cfg.pooling`` (whatever the ``init`` card's).
+    """
     if not cfg.init:
         model = create_model(cfg.model.name, num_classes=NUM_CLASSES, width=cfg.model.width, drop_rate=cfg.model.drop_rate)
-        return model, cfg.model.width
+        return _set_pooling(model, cfg), cfg.model.width
     model, card = model_from_card(cfg.init, num_classes=NUM_CLASSES, reset_head=True)
     if abs(float(card["fs"]) - cfg.fs) > 1e-6:
         print(f"warning: backbone pre-trained at {card['fs']} Hz, fine-tuning at {cfg.fs:g} Hz")
@@ -179,17 +188,31 @@ def build_model(cfg: FinetuneConfig) -> tuple[torch.nn.Module, float]:
         print(f"note: architecture from the card: {model.model_name} width {card['width']}")
     if cfg.model.drop_rate:
         model.head_drop.p = cfg.model.drop_rate
-    return model, float(card["width"])
+    return _set_pooling(model, cfg), float(card["width"])
+
+
+def _set_pooling(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
+    """The model with ``cfg.pooling`` (a ConfigError for a model without masked pooling, e.g. a 2-D one)."""
+    if callable(getattr(model, "set_pooling", None)):
+        model.set_pooling(cfg.pooling)
+    elif cfg.pooling != "mean":
+        raise ConfigError(f"pooling={cfg.pooling} needs a model with masked pooling (a 1-D ResNet), not {type(model).__name__}")
+    return model
 
 
 def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module, device: torch.device, out: Path,
                  progress: bool = True) -> Trainer:
-    """The engine set up for fine-tuning: crops (or the study's padded input), weighted loss, validation macro-F1."""
+    """The engine set up for fine-tuning: crops (or the study's padded input), weighted loss, validation macro-F1.
+
+    With ``pooling: masked`` the training items carry their ``valid`` sample range and the model
+    is called as ``model(x, valid)``; validation does the same (:func:`predict_dataset`).
+    """
+    masked = cfg.pooling == "masked"
     if cfg.input == "crop":
         train_ds = CincCropDataset(data.signals["train"], data.labels["train"], int(round(cfg.crop_seconds * cfg.fs)), seed=cfg.seed,
-                                   augment=EcgAugment(fs=cfg.fs, **dataclasses.asdict(cfg.augment)))
+                                   augment=EcgAugment(fs=cfg.fs, **dataclasses.asdict(cfg.augment)), return_valid=masked)
     elif cfg.input == "paper":
-        train_ds = CincPaperDataset(data.signals["train"], data.labels["train"], cfg.paper_samples)
+        train_ds = CincPaperDataset(data.signals["train"], data.labels["train"], cfg.paper_samples, return_valid=masked)
     else:
         raise ConfigError(f"input must be 'crop' or 'paper', got {cfg.input!r}")
     steps_per_round = math.ceil(len(train_ds) / cfg.batch_size)
@@ -213,14 +236,18 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
                                            num_workers=cfg.num_workers, drop_last=False)
 
     def step_fn(m, batch):
-        x, y = batch
-        logits = m(x.to(device, non_blocking=True))
+        if masked:
+            x, y, valid = batch
+            logits = m(x.to(device, non_blocking=True), valid.to(device, non_blocking=True))
+        else:
+            x, y = batch
+            logits = m(x.to(device, non_blocking=True))
         return F.cross_entropy(logits.float(), y.to(device), weight=class_weight, label_smoothing=cfg.label_smoothing), len(y)
 
     val_ds, val_labels = _eval_dataset(cfg, data.signals["val"]), data.labels["val"]
 
     def evaluate(m, r):
-        probs = predict_dataset(m, val_ds, cfg.eval_batch_size, device, source=out)
+        probs = predict_dataset(m, val_ds, cfg.eval_batch_size, device, source=out, pooling=cfg.pooling)
         pred = probs.argmax(1)
         f1 = f1_per_class(val_labels, pred, NUM_CLASSES)
         nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(pred)), val_labels], 1e-12, 1))))
@@ -253,7 +280,7 @@ def score_best_model(cfg: FinetuneConfig, data: FinetuneData, out: Path, device:
             continue
         t = time.perf_counter()
         probs = predict_dataset(best, _eval_dataset(cfg, data.signals[part]), cfg.eval_batch_size, device,
-                                source=out / "model.json")
+                                source=out / "model.json")  # with the card's pooling (model_from_card set it)
         probs = biased_probabilities(probs, card.get("class_bias"))
         seconds = time.perf_counter() - t
         report = classification_report(data.labels[part], probs, n_boot=cfg.bootstrap, seed=cfg.seed, split=part)
@@ -301,15 +328,15 @@ def _write_outputs(cfg: FinetuneConfig, data: FinetuneData, out: Path, device: t
     fields = dict(architecture=architecture, width=width,
                   num_classes=NUM_CLASSES, classes=list(CINC_CLASSES), fs=cfg.fs,
                   normalization={"mean": data.normalization.mean, "std": data.normalization.std, "units": "mV"},
-                  input=cfg.input, window_samples=int(round(cfg.crop_seconds * cfg.fs)),
+                  input=cfg.input, pooling=cfg.pooling, window_samples=int(round(cfg.crop_seconds * cfg.fs)),
                   hop_samples=int(round(cfg.hop_seconds * cfg.fs)), paper_samples=cfg.paper_samples,
                   task="cinc2017", init=cfg.init, seed=cfg.seed, best_round=state.best_round,
                   rounds_run=state.round, steps=state.step, train_records=len(data.train_names), config=to_dict(cfg))
     if cfg.calibrate:  # before the card is written, so that no card without the biases ever exists
-        best = create_model(architecture, num_classes=NUM_CLASSES, width=width)
+        best = _set_pooling(create_model(architecture, num_classes=NUM_CLASSES, width=width), cfg)
         best.load_state_dict(load_weights(out / BEST_FILE, expected_sha256=state.best_sha256 or None))
         val_probs = predict_dataset(best.to(device), _eval_dataset(cfg, data.signals["val"]), cfg.eval_batch_size, device,
-                                    source=out / BEST_FILE)
+                                    source=out / BEST_FILE, pooling=cfg.pooling)
         bias, val_f1 = fit_class_bias(val_probs, data.labels["val"])
         print(f"calibration on {len(val_probs)} validation records: class biases {np.round(bias, 2).tolist()}, "
               f"validation macro-F1 {macro_f1(data.labels['val'], val_probs.argmax(1), NUM_CLASSES):.3f} -> {val_f1:.3f}")
