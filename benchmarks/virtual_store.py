@@ -3,8 +3,9 @@
     python benchmarks/virtual_store.py OUT --patients 11000 [--store data/store]
         [--patient icentia11k/p00000] [--segments K]
 
-Every virtual patient ``icentia11k/p00000 .. p{N-1}`` is a folder whose ``signal.int16`` and
-``annotations.npz`` are hard links to the source patient's files (no extra disk, but the
+Every virtual patient ``icentia11k/p00000 .. p{N-1}`` is a folder whose ``signal.int16``,
+``annotations.npz`` and uncompressed beat arrays (``*.npy``, where the source store has them:
+``ecgtl prepare --out STORE`` upgrades an older store) are hard links to the source patient's files (no extra disk, but the
 sampler opens, memory-maps and parses one patient's files per virtual patient, exactly as it
 would with N real patients), and whose ``meta.json`` names it. ``--segments K`` first writes a
 trimmed copy of the source patient (its first K segments, e.g. 4 x 70 min for a small file to
@@ -25,7 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgtl.data.store import ANNOTATIONS_FILE, META_FILE, SIGNAL_FILE, Store, patient_folder, write_manifest
+from ecgtl.data.store import (
+    ANNOTATIONS_FILE,
+    META_FILE,
+    SIGNAL_FILE,
+    UNCOMPRESSED_FILES,
+    Store,
+    patient_folder,
+    write_manifest,
+    write_uncompressed_arrays,
+)
 from ecgtl.errors import DataError
 
 BASE = ".base"  # the trimmed source patient, inside the virtual store
@@ -50,6 +60,8 @@ def trimmed_copy(src: Path, dst: Path, segments: int) -> dict:
     meta["beat_counts"] = dict(zip(meta["beat_counts"], np.bincount(classes, minlength=len(meta["beat_counts"])).tolist()))
     meta["rhythm_counts"] = dict(zip(meta["rhythm_counts"], np.bincount(rhythm, minlength=len(meta["rhythm_counts"])).tolist()))
     (dst / META_FILE).write_text(json.dumps(meta, indent=1))
+    if (src / UNCOMPRESSED_FILES[0]).is_file():  # the trimmed copy has the source's layout
+        write_uncompressed_arrays(dst)
     return meta
 
 
@@ -76,8 +88,9 @@ def build(out: str | os.PathLike, n_patients: int, store: str | os.PathLike = "d
     for i in range(n_patients):
         folder = out / "patients" / source / f"p{i:05d}"
         folder.mkdir(parents=True)
-        for name in (SIGNAL_FILE, ANNOTATIONS_FILE):
-            os.link(src / name, folder / name)
+        for name in (SIGNAL_FILE, ANNOTATIONS_FILE, *UNCOMPRESSED_FILES):
+            if name in (SIGNAL_FILE, ANNOTATIONS_FILE) or (src / name).is_file():
+                os.link(src / name, folder / name)
         m = dict(meta, patient_id=f"{source}/p{i:05d}")
         (folder / META_FILE).write_text(json.dumps(m))
         metas.append(m)

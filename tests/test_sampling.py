@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from ecgtl.data import sampling
 from ecgtl.data.icentia11k import IcentiaWfdbPatient
 from ecgtl.data.sampling import FrameSampler, estimate_normalization, fixed_frames, select_fraction, split_patients
-from ecgtl.data.store import SIGNAL_FILE, Store, StoredPatient, prepare, write_manifest
+from ecgtl.data.store import SIGNAL_FILE, UNCOMPRESSED_FILES, Store, StoredPatient, prepare, write_manifest
 from ecgtl.data.wfdb_database import database_records
 from ecgtl.errors import DataError
 from ecgtl.tasks import beat_label, heart_rate_label, rhythm_label
@@ -359,20 +359,34 @@ def test_lean_manifest_read_keeps_only_the_asked_keys(store_root, store, tmp_pat
     assert Store(tmp_path, keys=("fs",)).manifest["failures"] == [failure]
 
 
-def test_a_visit_reads_no_meta_json_and_only_the_beat_arrays_of_its_task(store_root, tmp_path):
-    """The sampler opens a patient from its manifest entry (no meta.json per visit) and decompresses only the beat
-    arrays its task reads (beat: positions and classes, never rhythm; future: none), with the same frames."""
+def _drop_arrays(folder: Path, names: tuple[str, ...]) -> None:
+    """Remove beat arrays from a patient, in both layouts (annotations.npz and the .npy files)."""
+    with np.load(folder / "annotations.npz") as z:
+        kept = {k: z[k] for k in z.files if k not in names}
+    np.savez_compressed(folder / "annotations.npz", **kept)
+    for name in names:
+        (folder / f"{name}.npy").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("layout", ["npy", "npz"])
+def test_a_visit_reads_no_meta_json_and_only_the_beat_arrays_of_its_task(store_root, tmp_path, layout):
+    """The sampler opens a patient from its manifest entry (no meta.json per visit) and reads only the beat
+    arrays its task reads (beat: positions and classes, never rhythm; future: none), with the same frames;
+    from the memory-mapped .npy files, or from annotations.npz in a store written before them ("npz")."""
     ids = _mitdb_copy(store_root, tmp_path, 4)
     kw = dict(frame_samples=2048, frames_per_patient=24, seed=3, normalization=NORM, return_position=True, shuffle_buffer=32)
     want = {task: _run(FrameSampler(tmp_path, ids, task=task, **kw), 1) for task in ("beat", "future")}
     want_fixed = fixed_frames(tmp_path, ids, 2048, 8, "beat", seed=0, normalization=NORM)
     folders = [tmp_path / "patients" / p for p in ids]
+    if layout == "npz":
+        for folder in folders:
+            for f in UNCOMPRESSED_FILES:
+                (folder / f).unlink()
     assert StoredPatient(folders[0]).beat_sample.dtype == np.int32  # the store's positions, not an int64 copy
+    assert StoredPatient(folders[0]).uncompressed == (layout == "npy")
     for folder in folders:
         (folder / "meta.json").unlink()
-        with np.load(folder / "annotations.npz") as z:
-            kept = {k: z[k] for k in ("segment_offsets", "beat_sample", "beat_class")}
-        np.savez_compressed(folder / "annotations.npz", **kept)  # no rhythm
+        _drop_arrays(folder, ("rhythm",))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a skipped patient warns
         for a, b in zip(_run(FrameSampler(tmp_path, ids, task="beat", **kw), 1), want["beat"]):
@@ -380,7 +394,7 @@ def test_a_visit_reads_no_meta_json_and_only_the_beat_arrays_of_its_task(store_r
         for a, b in zip(fixed_frames(tmp_path, ids, 2048, 8, "beat", seed=0, normalization=NORM), want_fixed):
             np.testing.assert_array_equal(a, b)
         for folder in folders:
-            np.savez_compressed(folder / "annotations.npz", segment_offsets=np.load(folder / "annotations.npz")["segment_offsets"])
+            _drop_arrays(folder, ("beat_sample", "beat_class"))
         for a, b in zip(_run(FrameSampler(tmp_path, ids, task="future", **kw), 1), want["future"]):
             np.testing.assert_array_equal(a, b)
     with pytest.raises(DataError, match="meta.json missing"):
@@ -390,6 +404,91 @@ def test_a_visit_reads_no_meta_json_and_only_the_beat_arrays_of_its_task(store_r
         patient.rhythm  # noqa: B018 -- read on first use
     with pytest.warns(RuntimeWarning, match="skipping patient"), pytest.raises(DataError, match="no readable patient"):
         _run(FrameSampler(tmp_path, ids, task="rhythm", **kw), 1)  # the rhythm task needs what is gone
+
+
+def _whole_array_reference(patient: StoredPatient, task: str, starts: np.ndarray, length: int) -> np.ndarray:
+    """The labels by the previous whole-array algorithm: per-class cumulative sums over all the patient's beats."""
+    from ecgtl.tasks import beat, complete_beat_range, heart_rate, rhythm
+
+    pos = np.asarray(patient.beat_sample, np.int64)
+    off = np.asarray(patient.segment_offsets)
+    n = len(pos)
+    if task == "beat":
+        lo, hi = complete_beat_range(pos, starts, length, segment_offsets=off)
+        cum = np.zeros((n + 1, 5), np.int64)
+        cum[np.arange(1, n + 1), np.asarray(patient.beat_class, np.int64)] = 1
+        counts = np.cumsum(cum, axis=0)
+        return beat._priority_label(counts[hi] - counts[lo], beat.HIGH_PRIORITY, beat.LOW_PRIORITY, beat.EMPTY_LABEL)
+    if task == "heart_rate":
+        lo, hi = complete_beat_range(pos, starts, length, segment_offsets=off)
+        k = hi - lo
+        bpm = np.full(len(starts), np.nan)
+        ok = k >= 2
+        with np.errstate(divide="ignore"):
+            bpm[ok] = 60.0 * patient.fs * (k[ok] - 1) / (pos[hi[ok] - 1] - pos[lo[ok]]).astype(np.float64)
+        return heart_rate._classify(bpm)
+    lab = np.asarray(patient.rhythm, np.int64)
+    end = starts + length
+    seg = np.searchsorted(off, starts, side="right") - 1
+    seg_lo, seg_hi = np.searchsorted(pos, off[seg]), np.searchsorted(pos, off[seg + 1])
+    first = np.clip(np.searchsorted(pos, starts, "right"), seg_lo, seg_hi)
+    after = np.clip(np.searchsorted(pos, end, "left"), seg_lo, seg_hi)
+    has = first < seg_hi
+    last = np.maximum(np.minimum(after, seg_hi - 1), first)
+    first_c, last_c = np.minimum(first, n - 1), np.minimum(last, n - 1)
+    span = np.zeros(n, np.int64)
+    span[1:] = np.diff(pos)
+    cum = np.zeros((n + 1, 6), np.int64)
+    cum[np.arange(1, n + 1), lab] = span
+    cum = np.cumsum(cum, axis=0)
+    inner = last_c > first_c + 1
+    out = cum[np.where(inner, last_c, 0)] - cum[np.where(inner, first_c + 1, 0)]
+    rows, single = np.arange(len(starts)), last_c == first_c
+    out[rows, lab[first_c]] += np.where(single, length, pos[first_c] - starts)
+    out[rows, lab[last_c]] += np.where(single, 0, end - pos[np.maximum(last_c - 1, 0)])
+    out[~has] = 0
+    return rhythm._priority_label(out, rhythm.HIGH_PRIORITY, rhythm.LOW_PRIORITY, rhythm.EMPTY_LABEL)
+
+
+@pytest.mark.parametrize("layout", ["npy", "npz"])
+def test_frame_labels_read_only_the_beats_near_the_frames_and_equal_the_whole_array_labels(store_root, tmp_path, layout):
+    """On Icentia11k patient 0 (282,712 beats, 50 segments): the sampler's label rules (unchecked, gathering only the
+    beats of each frame, on the memory-mapped or decompressed arrays) give the labels of the checked public functions
+    and of the previous whole-array algorithm, for random frames and frames starting or ending exactly on beats and
+    on segment edges."""
+    from ecgtl.tasks import PRETEXT_TASKS
+
+    folder = tmp_path / ICENTIA
+    shutil.copytree(store_root / "patients" / ICENTIA, folder)
+    if layout == "npz":
+        for f in UNCOMPRESSED_FILES:
+            (folder / f).unlink()
+    patient = StoredPatient(folder)
+    assert patient.uncompressed == (layout == "npy") and len(patient.beat_sample) == 282_712
+    pos, off = np.asarray(patient.beat_sample), patient.segment_offsets
+    rng = np.random.default_rng(11)
+    for length in (1, 250, 2048, 4096):
+        lens = np.diff(off)
+        seg = rng.integers(len(lens), size=3000)
+        random = off[seg] + rng.integers(0, lens[seg] - length + 1)
+        abnormal = pos[np.asarray(patient.beat_class) >= 2]  # frames around the rare PAC / PVC beats too
+        on_beats = np.concatenate([rng.choice(pos, 500), rng.choice(pos, 500) - length, off[:-1], off[1:] - length,
+                                   rng.choice(abnormal, 300) - rng.integers(0, length, 300)])
+        seg_of = np.searchsorted(off, on_beats, side="right") - 1
+        inside = (on_beats >= 0) & (on_beats + length <= off[np.minimum(seg_of + 1, len(off) - 1)])
+        starts = np.sort(np.concatenate([random, on_beats[inside]]))
+        for task in ("beat", "rhythm", "heart_rate"):
+            fast = PRETEXT_TASKS[task].label_frames(patient, starts, length)
+            if task == "beat":
+                checked = beat_label(pos, patient.beat_class, starts, length, segment_offsets=off)
+            elif task == "rhythm":
+                checked = rhythm_label(pos, patient.rhythm, starts, length, patient.fs, segment_offsets=off)
+            else:
+                checked = heart_rate_label(pos, starts, length, patient.fs, segment_offsets=off)
+            np.testing.assert_array_equal(fast, checked, err_msg=f"{task} {length}")
+            np.testing.assert_array_equal(fast, _whole_array_reference(patient, task, starts, length), err_msg=f"{task} {length}")
+            if length == 4096:  # the frames reach the classes of patient 0 (normal, undefined, 2 PAC beats; noise, NSR)
+                assert len(np.unique(fast)) >= {"beat": 3, "rhythm": 2, "heart_rate": 3}[task], task
 
 
 # --------------------------------------------------------------------------- long rounds

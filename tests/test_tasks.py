@@ -447,6 +447,71 @@ def test_vectorised_with_segments_equals_per_segment_reference():
         assert got_h[i] == ref_heart_rate(sp, local, length, fs)
 
 
+@pytest.mark.parametrize("seed, length", [(0, 40), (1, 500), (2, 1)])
+def test_unchecked_rules_equal_the_checked_ones_on_the_stores_dtypes(seed, length):
+    """What the sampler labels with (registry rules: ``*_unchecked`` on int32 positions, uint8 classes, only the beats
+    of each frame gathered) equals the checked public functions, with and without segments (cuts on beats too)."""
+    rng = np.random.default_rng(seed)
+    pos, cls, rh = random_annotations(rng, 3000, [0, 3, 5, 7, 60, 150, 251], 3.0)
+    total = int(pos[-1]) + 100
+    offsets = np.unique(np.concatenate([[0], rng.choice(pos[1:-1], 3, replace=False), rng.integers(1, total, 2), [total]]))
+    lens = np.diff(offsets)
+    seg = rng.integers(len(lens), size=3000)
+    seg = seg[lens[seg] >= length]
+    starts = offsets[seg] + rng.integers(0, lens[seg] - length + 1)
+    on = np.concatenate([rng.choice(pos, 400), rng.choice(pos, 400) - length, offsets[:-1], offsets[1:] - length])
+    k = np.searchsorted(offsets, on, side="right") - 1
+    on = on[(k >= 0) & (k < len(lens)) & (on + length <= offsets[np.minimum(k + 1, len(lens))])]
+    starts = np.concatenate([starts, on])
+    p32 = pos.astype(np.int32)
+    fs = 250
+    for off in (None, offsets):
+        kw = {"segment_offsets": off}
+        s = starts if off is not None else random_frames(rng, pos, length, 3000)
+        assert np.array_equal(beat.beat_label_unchecked(p32, cls, s, length, **kw), beat_label(pos, cls, s, length, **kw))
+        assert np.array_equal(rhythm.rhythm_label_unchecked(p32, rh, s, length, fs, **kw), rhythm_label(pos, rh, s, length, fs, **kw))
+        assert np.array_equal(heart_rate.heart_rate_label_unchecked(p32, s, length, fs, **kw), heart_rate_label(pos, s, length, fs, **kw))
+        # the registry's rules on a patient-like object are these
+        track = type("Track", (), {"beat_sample": p32, "beat_class": cls, "rhythm": rh, "fs": fs,
+                                   "segment_offsets": off if off is not None else np.array([min(0, s.min()), max(total, s.max() + length)])})
+        for name, want in (("beat", beat_label(pos, cls, s, length, segment_offsets=track.segment_offsets)),
+                           ("rhythm", rhythm_label(pos, rh, s, length, fs, segment_offsets=track.segment_offsets)),
+                           ("heart_rate", heart_rate_label(pos, s, length, fs, segment_offsets=track.segment_offsets))):
+            assert np.array_equal(PRETEXT_TASKS[name].label_frames(track, s, length), want), name
+
+
+def test_unchecked_rules_near_the_int32_limit_and_their_checks():
+    """Frame ends past the int32 range of the positions (searched without converting the array) and what is still checked."""
+    top = 2**31 - 1
+    pos = np.array([top - 700, top - 500, top - 300, top - 200, top - 100, top - 1], np.int64)
+    cls = np.array([N, N, V, N, S, N], np.uint8)
+    rh = np.array([RHYTHM_NSR, RHYTHM_NSR, RHYTHM_AF, RHYTHM_AF, RHYTHM_NSR, RHYTHM_NSR], np.uint8)
+    starts = np.array([top - 800, top - 650, top - 350, top - 250, top + 10, -5], np.int64)
+    for length in (100, 400, 1000):
+        p32 = pos.astype(np.int32)
+        assert np.array_equal(beat.beat_label_unchecked(p32, cls, starts, length), beat_label(pos, cls, starts, length))
+        assert np.array_equal(rhythm.rhythm_label_unchecked(p32, rh, starts, length), rhythm_label(pos, rh, starts, length))
+        assert np.array_equal(heart_rate.heart_rate_label_unchecked(p32, starts, length, 250),
+                              heart_rate_label(pos, starts, length, 250))
+    # the search behind them, on positions at the very extremes of their dtype and values beyond
+    for dtype in (np.int8, np.int16, np.int32, np.uint16):
+        info = np.iinfo(dtype)
+        p = np.array([info.min, info.min, 0 if info.min < 0 else 7, info.max - 1, info.max, info.max], dtype)
+        values = np.array([-(2**40), int(info.min) - 1, info.min, 0, 5, info.max, int(info.max) + 1, 2**40], np.int64)
+        for side in ("left", "right"):
+            assert np.array_equal(beat._search(p, values, side), np.searchsorted(p.astype(np.int64), values, side)), (dtype, side)
+    # the classes read are checked; the rest of the arrays is not read at all
+    bad = cls.copy()
+    bad[2] = 9
+    with pytest.raises(ValueError, match="beat_class must lie in"):
+        beat.beat_label_unchecked(pos, bad, [top - 650], 500)
+    assert beat.beat_label_unchecked(pos, bad, [top - 200], 199).tolist() == [S]
+    with pytest.raises(ValueError, match="shape of beat_sample"):
+        beat.beat_label_unchecked(pos, cls[:-1], [0], 10)
+    with pytest.raises(ValueError, match="1-D integer"):
+        rhythm.rhythm_label_unchecked(pos.astype(float), rh, [0], 10)
+
+
 # --------------------------------------------------------------------------- QRS detection
 def test_detect_beats_degenerate_inputs():
     assert detect_beats(np.zeros(0), 250).tolist() == []

@@ -1,4 +1,9 @@
-"""``ecgtl prepare``: build the pre-training store from Icentia11k (either release), annotated WFDB databases and CinC 2017 records."""
+"""``ecgtl prepare``: build the pre-training store from Icentia11k (either release), annotated WFDB databases and CinC 2017 records.
+
+Run on an existing store, it also upgrades the patients already prepared (their uncompressed
+beat arrays, see :mod:`ecgtl.data.store`); ``ecgtl prepare --out STORE`` without any source
+does only that, without the raw data.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from ecgtl.data.cinc2017 import Cinc2017, read_record_list
 from ecgtl.data.cinc_store import cinc_jobs
 from ecgtl.data.download import parse_patients
 from ecgtl.data.icentia11k import IcentiaTorrentPatient, IcentiaWfdbPatient, find_torrent_patients, find_wfdb_patients
-from ecgtl.data.store import Store, prepare
+from ecgtl.data.store import MANIFEST_FILE, Store, prepare
 from ecgtl.data.wfdb_database import database_records
 from ecgtl.errors import ConfigError
 
@@ -73,12 +78,15 @@ def add_parser(subparsers) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    jobs = build_jobs(args.icentia, args.icentia_torrent, args.patients, args.torrent_gain, args.database,
-                      args.cinc, args.cinc_records)
+    if not (args.icentia or args.icentia_torrent or args.database or args.cinc) and (Path(args.out) / MANIFEST_FILE).is_file():
+        jobs = []  # no source: upgrade the existing store in place (uncompressed beat arrays), nothing re-read
+    else:
+        jobs = build_jobs(args.icentia, args.icentia_torrent, args.patients, args.torrent_gain, args.database,
+                          args.cinc, args.cinc_records)
     report = prepare(args.out, jobs, workers=args.workers, progress=not args.no_progress)
     print(report.summary())
     print(describe_store(args.out))
-    return 1 if report.failures else 0
+    return 1 if report.failures or report.upgrade_failures else 0
 
 
 def describe_store(root: str | os.PathLike) -> str:

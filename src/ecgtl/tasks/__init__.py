@@ -11,7 +11,9 @@ one frame length (samples), returning one int64 label per frame:
 They follow the authors' ``transplant/datasets/icentia11k.py``
 (github.com/kweimann/ecg-transfer-learning); each module's docstring states its
 rule. All accept ``segment_offsets=`` to keep every frame to its own segment's
-beats.
+beats. Their cost does not grow with the number of beats beyond one O(n_beats) check of
+the arrays; the ``*_unchecked`` variants in each module skip it for arrays known to be
+valid (a store's) and read only the beats around the frames: the registry's rules.
 
 :data:`PRETEXT_TASKS` (:mod:`ecgtl.tasks.registry`) is the one list of tasks that the
 config, the frame sampler and ``ecgtl pretrain`` read. The tasks are plain functions of

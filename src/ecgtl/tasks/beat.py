@@ -33,10 +33,15 @@ Label rule (authors' ``get_beat_label``)
     So one PVC among any number of normal beats gives pvc.
 
 Vectorisation: ``np.searchsorted`` on the sorted beat positions gives each
-frame's range of complete beats ``[lo, hi)``; per-class cumulative counts over
-the beats give each frame's class counts as ``cum[hi] - cum[lo]``. Cost
-O((n_beats + n_frames) * n_classes + n_frames * log n_beats), no Python loop
-over frames.
+frame's range of complete beats ``[lo, hi)``; the classes of the beats in those
+ranges only are gathered and counted per frame (one ``np.bincount``). Cost
+O(n_frames * log n_beats + beats inside the frames): it does not grow with the
+patient's length, and of a memory-mapped beat array only the pages around the
+frames are read. No Python loop over frames. :func:`beat_label` first checks the
+whole arrays (sorted positions, classes in range: O(n_beats)); the ``*_unchecked``
+variants of the three tasks skip those checks, for arrays known to be valid (a
+store's, :mod:`ecgtl.data.store`, checks them when it writes them): the frame
+sampler labels with those (:mod:`ecgtl.tasks.registry`), with the same labels.
 
 Segments: frames must not cross segment boundaries. The authors label frames
 on per-segment beat arrays; with the beats of several segments stored back to
@@ -108,6 +113,63 @@ def _as_fs(fs) -> float:
     return fs
 
 
+def _search(pos: np.ndarray, values, side: str = "left") -> np.ndarray:
+    """``np.searchsorted(pos, values, side)`` without a copy of ``pos``.
+
+    NumPy casts both to a common dtype, so int64 frame starts against the store's int32
+    positions would convert (copy) the whole beat array at every call: the values are
+    cast to ``pos``'s integer dtype instead, those outside its range searched as its
+    extremes and then answered directly (0 below every position, ``len(pos)`` above).
+    """
+    values = np.asarray(values)
+    if values.dtype == pos.dtype or not (np.issubdtype(pos.dtype, np.integer) and np.issubdtype(values.dtype, np.integer)):
+        return np.searchsorted(pos, values, side)
+    info, vinfo = np.iinfo(pos.dtype), np.iinfo(values.dtype)
+    lo, hi = values.dtype.type(max(info.min, vinfo.min)), values.dtype.type(min(info.max, vinfo.max))
+    index = np.searchsorted(pos, np.minimum(np.maximum(values, lo), hi).astype(pos.dtype), side)  # np.clip, faster
+    below, above = values < lo, values > hi
+    if below.any() or above.any():
+        index = np.where(below, 0, np.where(above, len(pos), index))
+    return index
+
+
+def _between(x: np.ndarray, lo, hi) -> np.ndarray:
+    """``np.clip(x, lo, hi)`` (lo <= hi), cheaper on small arrays."""
+    return np.minimum(np.maximum(x, lo), hi)
+
+
+def _track(beat_sample) -> np.ndarray:
+    """Positions as a plain 1-D integer array, unconverted (a memory map stays a map): the unchecked paths."""
+    pos = np.asarray(beat_sample)
+    if pos.ndim != 1 or (pos.size and not np.issubdtype(pos.dtype, np.integer)):
+        raise ValueError(f"beat_sample must be a 1-D integer array, got {pos.dtype} {pos.shape}")
+    return pos
+
+
+def _track_labels(values, n: int, name: str) -> np.ndarray:
+    lab = np.asarray(values)
+    if lab.shape != (n,):
+        raise ValueError(f"{name} must have the shape of beat_sample ({n},), got {lab.shape}")
+    return lab
+
+
+def _gathered_labels(lab: np.ndarray, index: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+    """``lab[index]`` as int64, checked to lie in ``[0, num_classes)`` (only what is gathered is read)."""
+    out = lab[index].astype(np.int64)
+    if out.size and (out.min() < 0 or out.max() >= num_classes):
+        raise ValueError(f"{name} must lie in [0, {num_classes}), got [{out.min()}, {out.max()}]")
+    return out
+
+
+def _range_index(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The indices ``k`` with ``lo[i] <= k < hi[i]`` of every row ``i``, concatenated, and the row of each."""
+    n = np.maximum(hi - lo, 0)
+    total = int(n.sum())
+    row = np.repeat(np.arange(len(n)), n)
+    shift = np.repeat(lo - (np.cumsum(n) - n), n)  # index = position in the concatenation + shift of its row
+    return np.arange(total, dtype=np.int64) + shift, row
+
+
 def _segment_beat_bounds(pos: np.ndarray, start: np.ndarray, length: int, segment_offsets):
     """Index range ``[seg_lo, seg_hi)`` of the beats in each frame's segment (whole array without segments)."""
     if segment_offsets is None:
@@ -117,12 +179,13 @@ def _segment_beat_bounds(pos: np.ndarray, start: np.ndarray, length: int, segmen
         raise ValueError("segment_offsets must be sorted segment starts followed by the total length")
     seg = np.searchsorted(off, start, side="right") - 1
     bad = (seg < 0) | (seg >= len(off) - 1)
-    seg = np.clip(seg, 0, len(off) - 2)
+    seg = _between(seg, 0, len(off) - 2)
     bad |= start + length > off[seg + 1]
     if np.any(bad):
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"frame [{start[i]}, {start[i] + length}) crosses a segment boundary or lies outside the recording")
-    return np.searchsorted(pos, off[seg], side="left"), np.searchsorted(pos, off[seg + 1], side="left")
+    bounds = _search(pos, np.concatenate([off[seg], off[seg + 1]]), "left")  # one call for both ends
+    return bounds[:len(seg)], bounds[len(seg):]
 
 
 def complete_beat_range(beat_sample, frame_start, frame_length, segment_offsets=None) -> tuple[np.ndarray, np.ndarray]:
@@ -138,10 +201,10 @@ def complete_beat_range(beat_sample, frame_start, frame_length, segment_offsets=
 
 def _complete_range(pos, start, length, segment_offsets):
     seg_lo, seg_hi = _segment_beat_bounds(pos, start, length, segment_offsets)
-    first_in = np.clip(np.searchsorted(pos, start, side="left"), seg_lo, seg_hi)  # first beat >= start
-    hi = np.clip(np.searchsorted(pos, start + length, side="right"), seg_lo, seg_hi)  # beats <= end
+    first_in = _between(_search(pos, start, "left"), seg_lo, seg_hi)  # first beat >= start
+    hi = _between(_search(pos, start + length, "right"), seg_lo, seg_hi)  # beats <= end
     lo = np.minimum(first_in + 1, hi)  # skip the first beat inside the frame
-    return lo, hi
+    return lo.astype(np.int64, copy=False), hi.astype(np.int64, copy=False)
 
 
 def _priority_label(amount: np.ndarray, high: tuple[int, ...], low: tuple[int, ...], empty: int) -> np.ndarray:
@@ -159,16 +222,20 @@ def _priority_label(amount: np.ndarray, high: tuple[int, ...], low: tuple[int, .
 
 
 # --------------------------------------------------------------------------- the task
+def _beat_counts(pos: np.ndarray, cls: np.ndarray, start: np.ndarray, length: int, segment_offsets) -> np.ndarray:
+    """Counts (F, NUM_CLASSES) from the classes of each frame's complete beats only."""
+    lo, hi = _complete_range(pos, start, length, segment_offsets)
+    index, row = _range_index(lo, hi)
+    c = _gathered_labels(cls, index, NUM_CLASSES, "beat_class")
+    return np.bincount(row * NUM_CLASSES + c, minlength=len(start) * NUM_CLASSES).reshape(len(start), NUM_CLASSES)
+
+
 def beat_counts(beat_sample, beat_class, frame_start, frame_length, segment_offsets=None) -> np.ndarray:
     """Number of complete beats of each class per frame: int64 array (F, NUM_CLASSES)."""
     pos = _as_positions(beat_sample)
     cls = _as_labels(beat_class, len(pos), NUM_CLASSES, "beat_class")
     start, length, _ = _as_frames(frame_start, frame_length)
-    lo, hi = _complete_range(pos, start, length, segment_offsets)
-    cum = np.zeros((len(pos) + 1, NUM_CLASSES), np.int64)
-    cum[np.arange(1, len(pos) + 1), cls] = 1
-    np.cumsum(cum, axis=0, out=cum)
-    return cum[hi] - cum[lo]
+    return _beat_counts(pos, cls, start, length, segment_offsets)
 
 
 def beat_label(beat_sample, beat_class, frame_start, frame_length, segment_offsets=None) -> np.ndarray:
@@ -180,4 +247,18 @@ def beat_label(beat_sample, beat_class, frame_start, frame_length, segment_offse
     """
     shape = np.shape(frame_start)
     counts = beat_counts(beat_sample, beat_class, frame_start, frame_length, segment_offsets)
+    return _priority_label(counts, HIGH_PRIORITY, LOW_PRIORITY, EMPTY_LABEL).reshape(shape)
+
+
+def beat_label_unchecked(beat_sample, beat_class, frame_start, frame_length, segment_offsets=None) -> np.ndarray:
+    """:func:`beat_label` for arrays known to be valid (sorted positions, e.g. a store's): the same labels.
+
+    The whole arrays are neither checked nor converted (a memory map stays one): the cost
+    is O(F log n_beats + beats inside the frames), and the classes read are still checked.
+    Unsorted positions give undefined labels.
+    """
+    pos = _track(beat_sample)
+    cls = _track_labels(beat_class, len(pos), "beat_class")
+    start, length, shape = _as_frames(frame_start, frame_length)
+    counts = _beat_counts(pos, cls, start, length, segment_offsets)
     return _priority_label(counts, HIGH_PRIORITY, LOW_PRIORITY, EMPTY_LABEL).reshape(shape)

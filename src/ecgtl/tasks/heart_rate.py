@@ -48,7 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecgtl.constants import BRADYCARDIA_BPM, HEART_RATE_CLASSES, TACHYCARDIA_BPM
-from ecgtl.tasks.beat import _as_frames, _as_fs, _as_positions, _complete_range
+from ecgtl.tasks.beat import _as_frames, _as_fs, _as_positions, _complete_range, _track
 
 HR_TACHYCARDIA, HR_BRADYCARDIA, HR_NORMAL, HR_NOISE = 0, 1, 2, 3
 CLASS_NAMES: tuple[str, ...] = HEART_RATE_CLASSES
@@ -56,20 +56,31 @@ NUM_CLASSES = len(CLASS_NAMES)
 MIN_COMPLETE_BEATS = 2
 
 
-def heart_rate_bpm(beat_sample, frame_start, frame_length, fs, segment_offsets=None) -> np.ndarray:
-    """Mean heart rate (bpm, float64) of each frame's complete beats; NaN with fewer than 2 of them."""
-    pos = _as_positions(beat_sample)
-    start, length, shape = _as_frames(frame_start, frame_length)
-    fs = _as_fs(fs)
+def _bpm(pos: np.ndarray, start: np.ndarray, length: int, fs: float, segment_offsets) -> np.ndarray:
+    """Flat bpm per frame from the first and last complete beat only (two positions gathered per frame)."""
     lo, hi = _complete_range(pos, start, length, segment_offsets)
     n = hi - lo
     ok = n >= MIN_COMPLETE_BEATS
     bpm = np.full(len(start), np.nan)
     if np.any(ok):
-        span = (pos[hi[ok] - 1] - pos[lo[ok]]).astype(np.float64)  # samples from first to last complete beat
+        # samples from the first to the last complete beat (int64 before the difference: int32 store positions)
+        span = (pos[hi[ok] - 1].astype(np.int64) - pos[lo[ok]].astype(np.int64)).astype(np.float64)
         with np.errstate(divide="ignore"):
             bpm[ok] = 60.0 * fs * (n[ok] - 1) / span
-    return bpm.reshape(shape)
+    return bpm
+
+
+def heart_rate_bpm(beat_sample, frame_start, frame_length, fs, segment_offsets=None) -> np.ndarray:
+    """Mean heart rate (bpm, float64) of each frame's complete beats; NaN with fewer than 2 of them."""
+    pos = _as_positions(beat_sample)
+    start, length, shape = _as_frames(frame_start, frame_length)
+    return _bpm(pos, start, length, _as_fs(fs), segment_offsets).reshape(shape)
+
+
+def _classify(bpm: np.ndarray) -> np.ndarray:
+    # the authors' chain: bpm < 60 -> brady, elif bpm <= 100 -> normal, else tachy; no bpm -> noise
+    out = np.where(bpm < BRADYCARDIA_BPM, HR_BRADYCARDIA, np.where(bpm <= TACHYCARDIA_BPM, HR_NORMAL, HR_TACHYCARDIA))
+    return np.where(np.isnan(bpm), HR_NOISE, out).astype(np.int64)
 
 
 def heart_rate_label(beat_sample, frame_start, frame_length, fs, segment_offsets=None) -> np.ndarray:
@@ -78,7 +89,15 @@ def heart_rate_label(beat_sample, frame_start, frame_length, fs, segment_offsets
     ``beat_sample``: sorted beat positions (samples); ``frame_start``: frame starts
     (samples); ``frame_length``: samples per frame; ``fs``: Hz. Rule: module docstring.
     """
-    bpm = heart_rate_bpm(beat_sample, frame_start, frame_length, fs, segment_offsets)
-    # the authors' chain: bpm < 60 -> brady, elif bpm <= 100 -> normal, else tachy; no bpm -> noise
-    out = np.where(bpm < BRADYCARDIA_BPM, HR_BRADYCARDIA, np.where(bpm <= TACHYCARDIA_BPM, HR_NORMAL, HR_TACHYCARDIA))
-    return np.where(np.isnan(bpm), HR_NOISE, out).astype(np.int64)
+    return _classify(heart_rate_bpm(beat_sample, frame_start, frame_length, fs, segment_offsets))
+
+
+def heart_rate_label_unchecked(beat_sample, frame_start, frame_length, fs, segment_offsets=None) -> np.ndarray:
+    """:func:`heart_rate_label` for positions known to be sorted (e.g. a store's): the same labels.
+
+    The positions are neither checked nor converted (a memory map stays one): O(F log n_beats),
+    two positions read per frame (:func:`ecgtl.tasks.beat.beat_label_unchecked`).
+    """
+    pos = _track(beat_sample)
+    start, length, shape = _as_frames(frame_start, frame_length)
+    return _classify(_bpm(pos, start, length, _as_fs(fs), segment_offsets)).reshape(shape)

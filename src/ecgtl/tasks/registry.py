@@ -24,8 +24,9 @@ NO_LABEL = -1
 class BeatTrack(Protocol):
     """What a label rule reads of one patient (e.g. :class:`ecgtl.data.store.StoredPatient`).
 
-    Positions in samples from the patient's first sample; ``fs`` in Hz; ``segment_offsets``
-    the segment start samples plus the total length.
+    Positions in samples from the patient's first sample, sorted; ``fs`` in Hz; ``segment_offsets``
+    the segment start samples plus the total length. The label rules trust these arrays
+    (no O(n_beats) checks; see :mod:`ecgtl.tasks.beat`) and read them only around the frames.
     """
 
     beat_sample: np.ndarray
@@ -62,16 +63,19 @@ class PretextTask:
         return self.label_rule(patient, frame_starts, frame_samples)
 
 
+# The rules read a patient's arrays unchecked (the store checks them when it writes them: sorted positions,
+# classes in range) and only around the frames: the cost of labelling a patient's frames does not grow with
+# its length, and of memory-mapped arrays only the pages near the frames are read.
 def _beat(p: BeatTrack, starts: np.ndarray, length: int) -> np.ndarray:
-    return beat.beat_label(p.beat_sample, p.beat_class, starts, length, segment_offsets=p.segment_offsets)
+    return beat.beat_label_unchecked(p.beat_sample, p.beat_class, starts, length, segment_offsets=p.segment_offsets)
 
 
 def _rhythm(p: BeatTrack, starts: np.ndarray, length: int) -> np.ndarray:
-    return rhythm.rhythm_label(p.beat_sample, p.rhythm, starts, length, p.fs, segment_offsets=p.segment_offsets)
+    return rhythm.rhythm_label_unchecked(p.beat_sample, p.rhythm, starts, length, p.fs, segment_offsets=p.segment_offsets)
 
 
 def _heart_rate(p: BeatTrack, starts: np.ndarray, length: int) -> np.ndarray:
-    return heart_rate.heart_rate_label(p.beat_sample, starts, length, p.fs, segment_offsets=p.segment_offsets)
+    return heart_rate.heart_rate_label_unchecked(p.beat_sample, starts, length, p.fs, segment_offsets=p.segment_offsets)
 
 
 PRETEXT_TASKS: dict[str, PretextTask] = {t.name: t for t in (

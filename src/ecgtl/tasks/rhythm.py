@@ -39,10 +39,13 @@ Label rule (authors' ``get_rhythm_label``)
 
     So a short AF stretch beats a long NSR stretch, and so does an *undefined* one.
 
-Vectorisation: with per-class cumulative sums of the full spans
-``beat_sample[k] - beat_sample[k-1]``, the spans lying wholly inside a frame sum to
-``D[last] - D[first + 1]``; the two clipped spans at the frame's ends are added
-separately. No Python loop over frames.
+Vectorisation: the spans lying wholly inside a frame (between its first and its
+last label) are gathered for the frames' beats only and summed per frame and
+class (one weighted ``np.bincount``); the two clipped spans at the frame's ends
+are added separately. Cost O(n_frames * log n_beats + beats inside the frames),
+not growing with the patient's length; no Python loop over frames.
+:func:`rhythm_label_unchecked` skips the O(n_beats) checks of the whole arrays
+(see :mod:`ecgtl.tasks.beat`).
 
 Segments: see :mod:`ecgtl.tasks.beat`; ``segment_offsets`` restricts every frame
 to the beats of its own segment, as the authors' per-segment arrays do, so the
@@ -62,7 +65,20 @@ from ecgtl.constants import (
     RHYTHM_NSR,
     RHYTHM_UNDEFINED,
 )
-from ecgtl.tasks.beat import _as_frames, _as_fs, _as_labels, _as_positions, _priority_label, _segment_beat_bounds
+from ecgtl.tasks.beat import (
+    _as_frames,
+    _as_fs,
+    _as_labels,
+    _as_positions,
+    _between,
+    _gathered_labels,
+    _priority_label,
+    _range_index,
+    _search,
+    _segment_beat_bounds,
+    _track,
+    _track_labels,
+)
 
 NUM_CLASSES = len(RHYTHM_CLASSES)
 CLASS_NAMES: tuple[str, ...] = tuple(RHYTHM_CLASSES)
@@ -70,6 +86,40 @@ CLASS_NAMES: tuple[str, ...] = tuple(RHYTHM_CLASSES)
 HIGH_PRIORITY = (RHYTHM_UNDEFINED, RHYTHM_AF, RHYTHM_AFL)
 LOW_PRIORITY = (RHYTHM_END, RHYTHM_NOISE, RHYTHM_NSR)
 EMPTY_LABEL = RHYTHM_UNDEFINED
+
+
+def _durations(pos: np.ndarray, lab: np.ndarray, start: np.ndarray, length: int, segment_offsets) -> np.ndarray:
+    """Durations (F, NUM_CLASSES) from the beats of each frame (and the one after it) only."""
+    end = start + length
+    seg_lo, seg_hi = _segment_beat_bounds(pos, start, length, segment_offsets)
+    first = _between(_search(pos, start, "right"), seg_lo, seg_hi)  # first beat > start
+    after = _between(_search(pos, end, "left"), seg_lo, seg_hi)  # first beat >= end
+    has = first < seg_hi  # some label ends after the frame start
+    last = np.maximum(np.minimum(after, seg_hi - 1), first)  # last label counted (== first when none)
+    n, f = len(pos), len(start)
+    out = np.zeros((f, NUM_CLASSES), np.int64)
+    if n == 0 or not np.any(has):
+        return out
+    first_c, last_c = np.minimum(first, n - 1), np.minimum(last, n - 1)
+    # full spans pos[k] - pos[k-1] of the labels k strictly between the first and the last one
+    index, row = _range_index(first_c + 1, last_c)
+    if len(index):
+        span = pos[index].astype(np.int64) - pos[index - 1].astype(np.int64)
+        c = _gathered_labels(lab, index, NUM_CLASSES, "rhythm")
+        # float64 sums of integer spans are exact (totals far below 2**53)
+        inner = np.bincount(row * NUM_CLASSES + c, weights=span, minlength=f * NUM_CLASSES)
+        out += inner.astype(np.int64).reshape(f, NUM_CLASSES)
+    rows = np.arange(f)
+    single = last_c == first_c
+    lab_first = _gathered_labels(lab, first_c, NUM_CLASSES, "rhythm")
+    lab_last = _gathered_labels(lab, last_c, NUM_CLASSES, "rhythm")
+    # first label: from the frame start to its beat, or the whole frame when it is also the last
+    out[rows, lab_first] += np.where(single, length, pos[first_c].astype(np.int64) - start)  # (row, col) pairs unique
+    # last label (when different from the first): from the previous beat to the frame end
+    prev = pos[np.maximum(last_c - 1, 0)].astype(np.int64)
+    out[rows, lab_last] += np.where(single, 0, end - prev)
+    out[~has] = 0
+    return out
 
 
 def rhythm_durations(beat_sample, rhythm, frame_start, frame_length, segment_offsets=None) -> np.ndarray:
@@ -80,35 +130,7 @@ def rhythm_durations(beat_sample, rhythm, frame_start, frame_length, segment_off
     pos = _as_positions(beat_sample)
     lab = _as_labels(rhythm, len(pos), NUM_CLASSES, "rhythm")
     start, length, _ = _as_frames(frame_start, frame_length)
-    end = start + length
-    seg_lo, seg_hi = _segment_beat_bounds(pos, start, length, segment_offsets)
-    first = np.clip(np.searchsorted(pos, start, side="right"), seg_lo, seg_hi)  # first beat > start
-    after = np.clip(np.searchsorted(pos, end, side="left"), seg_lo, seg_hi)  # first beat >= end
-    has = first < seg_hi  # some label ends after the frame start
-    last = np.maximum(np.minimum(after, seg_hi - 1), first)  # last label counted (== first when none)
-    n, f = len(pos), len(start)
-    out = np.zeros((f, NUM_CLASSES), np.int64)
-    if n == 0 or not np.any(has):
-        return out
-    first_c, last_c = np.minimum(first, n - 1), np.minimum(last, n - 1)
-    # full spans of the labels strictly between the first and the last one
-    span = np.zeros(n, np.int64)
-    span[1:] = np.diff(pos)
-    cum = np.zeros((n + 1, NUM_CLASSES), np.int64)
-    cum[np.arange(1, n + 1), lab] = span
-    np.cumsum(cum, axis=0, out=cum)
-    inner = last_c > first_c + 1
-    lo, hi = np.where(inner, first_c + 1, 0), np.where(inner, last_c, 0)
-    out += cum[hi] - cum[lo]
-    rows = np.arange(f)
-    single = last_c == first_c
-    # first label: from the frame start to its beat, or the whole frame when it is also the last
-    out[rows, lab[first_c]] += np.where(single, length, pos[first_c] - start)  # (row, col) pairs unique
-    # last label (when different from the first): from the previous beat to the frame end
-    prev = pos[np.maximum(last_c - 1, 0)]
-    out[rows, lab[last_c]] += np.where(single, 0, end - prev)
-    out[~has] = 0
-    return out
+    return _durations(pos, lab, start, length, segment_offsets)
 
 
 def rhythm_label(beat_sample, rhythm, frame_start, frame_length, fs=None, segment_offsets=None) -> np.ndarray:
@@ -125,4 +147,19 @@ def rhythm_label(beat_sample, rhythm, frame_start, frame_length, fs=None, segmen
         _as_fs(fs)
     shape = np.shape(frame_start)
     durations = rhythm_durations(beat_sample, rhythm, frame_start, frame_length, segment_offsets)
+    return _priority_label(durations, HIGH_PRIORITY, LOW_PRIORITY, EMPTY_LABEL).reshape(shape)
+
+
+def rhythm_label_unchecked(beat_sample, rhythm, frame_start, frame_length, fs=None, segment_offsets=None) -> np.ndarray:
+    """:func:`rhythm_label` for arrays known to be valid (sorted positions, e.g. a store's): the same labels.
+
+    The whole arrays are neither checked nor converted (a memory map stays one): O(F log n_beats
+    + beats inside the frames); the rhythm classes read are still checked.
+    """
+    if fs is not None:
+        _as_fs(fs)
+    pos = _track(beat_sample)
+    lab = _track_labels(rhythm, len(pos), "rhythm")
+    start, length, shape = _as_frames(frame_start, frame_length)
+    durations = _durations(pos, lab, start, length, segment_offsets)
     return _priority_label(durations, HIGH_PRIORITY, LOW_PRIORITY, EMPTY_LABEL).reshape(shape)
