@@ -505,7 +505,9 @@ def plot_curves(png: Path, title: str, random_runs: list[Run], panels: list[tupl
         ax.grid(alpha=0.3), ax.legend(fontsize=8, loc="lower right")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(title, fontsize=11)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, width=max(30, int(11 * 4.6 * cols)))), fontsize=10)  # never wider than the figure
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
