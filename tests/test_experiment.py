@@ -173,3 +173,17 @@ def test_sigkill_mid_grid_then_rerun_gives_the_uninterrupted_table(tiny_data, tm
     table = _table(killed / "results.csv")
     for got, want in zip(table, reference):  # and the table equals the uninterrupted run's
         assert got == want, {k: (got[k], want[k]) for k in got if got[k] != want[k]}
+
+    # --extra-test on the finished grid: every model is scored on another folder, nothing is retrained
+    weights = {p: p.read_bytes() for p in sorted((killed / "finetune").glob("*/best.safetensors"))}
+    extra = subprocess.run([sys.executable, "-m", "ecgtl", "experiment", str(tiny_data / "grid.yaml"), "--out", str(killed),
+                            "--data", str(tiny_data / "cinc" / "training2017"), "--store", str(tiny_data / "store"),
+                            "--set", "device=cpu", "--no-progress", "--no-report",
+                            "--extra-test", str(tiny_data / "cinc" / "training2017")],
+                           env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert extra.returncode == 0, extra.stdout + extra.stderr
+    scored = read_results(killed / "results.csv")
+    assert len(scored) == 4 and all(0 <= float(r["extra_training2017_macro_f1"]) <= 1 for r in scored)
+    assert all(r["extra_training2017_challenge_f1"] != "" for r in scored)
+    assert {p: p.read_bytes() for p in weights} == weights  # no model was trained again
+    assert [{k: v for k, v in r.items() if not k.startswith("extra_")} for r in scored] == final
