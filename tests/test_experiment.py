@@ -187,3 +187,17 @@ def test_sigkill_mid_grid_then_rerun_gives_the_uninterrupted_table(tiny_data, tm
     assert all(r["extra_training2017_challenge_f1"] != "" for r in scored)
     assert {p: p.read_bytes() for p in weights} == weights  # no model was trained again
     assert [{k: v for k, v in r.items() if not k.startswith("extra_")} for r in scored] == final
+
+
+def test_a_folder_run_with_another_recipe_is_refused(tmp_path):
+    from ecgtl.experiments.runner import Experiment
+
+    spec = load_spec("quick")
+    Experiment(spec, tmp_path).check_recipe()  # writes grid.yaml
+    assert (tmp_path / "grid.yaml").is_file()
+    Experiment(spec, tmp_path).check_recipe()  # the same recipe: fine, also with other blocks
+    spec.blocks = {"q1": {"pretext": ["none", "beat", "rhythm"]}}
+    Experiment(spec, tmp_path).check_recipe()
+    spec.finetune_set = ["epochs=7"]
+    with pytest.raises(ConfigError, match=r"grid\.yaml: this folder's grid was run with another recipe \(finetune_set differ\)"):
+        Experiment(spec, tmp_path).check_recipe()
