@@ -49,6 +49,10 @@ SPEC_KEYS = {"description", "scale", "finetune_preset", "pretrain_preset", "fine
 #: training throughput of 2 CPU cores used by the estimates, in FLOP/s of forward + backward
 #: (measured: the cpu fine-tuning preset, 30 epochs on 5,436 records, ~15 min)
 CPU_FLOPS = 1.3e11
+#: pre-training runs at a lower share of that rate (smaller inputs, the sampler in the same process):
+#: in the quick grid here, 340 s measured for a 120 s estimate at CPU_FLOPS, while its fine-tunes took
+#: 144-162 s of training for 150 s estimated
+PRETRAIN_EFFICIENCY = 0.35
 
 
 @dataclass(frozen=True)
@@ -270,7 +274,7 @@ def estimate_pretrain_seconds(cfg, train_patients: int) -> float:
     f = forward_flops(cfg.model.name, cfg.model.width, cfg.frame_samples, num_classes=5) * samples / cfg.frame_samples
     n = max(1, round(train_patients * cfg.patient_fraction))
     frames = cfg.rounds * (n * cfg.frames_per_patient * 3 + n * cfg.val_frames_per_patient)
-    return frames * f / CPU_FLOPS
+    return frames * f / (CPU_FLOPS * PRETRAIN_EFFICIENCY)
 
 
 def spec_digest(spec: GridSpec) -> str:
