@@ -6,6 +6,10 @@
 * ``predict FILE ...``: classifies recordings a user brings: WFDB records (``.hea``), CinC
   ``.mat`` (with its ``.hea``), CSV or NumPy ``.npy`` (``--fs`` required; values in mV, or
   raw units with ``--gain``).
+* Both take several models (``--checkpoint A B ...`` or ``--checkpoint A --checkpoint B``:
+  k-fold models, several seeds): an :class:`~ecgtl.evaluate.inference.Ensemble`, whose class
+  probabilities are the mean of its members' (each with its own preprocessing and
+  ``class_bias``); the evaluation report names every member card and its SHA-256.
 * ``export --checkpoint C --out model.onnx``: ONNX with dynamic batch and length, checked
   against PyTorch with onnxruntime on real records. A model with masked pooling (card
   ``pooling: masked``) is exported with a second input, ``valid`` (int64, ``(batch, 2)``): per
@@ -33,15 +37,15 @@ from ecgtl.evaluate.inference import (
     CUDA_BATCH,
     PRECISIONS,
     Classifier,
+    Ensemble,
     InferenceTiming,
-    check_probabilities,
     check_recording,
     find_card,
     write_predictions,
 )
 from ecgtl.evaluate.metrics import classification_report, format_report
 from ecgtl.evaluate.parallel import (
-    cinc_jobs,
+    cinc_ensemble_jobs,
     ordered_map,
     prepare_signal,
     read_prepared_cinc,
@@ -56,7 +60,7 @@ PRELOAD_CINC = ("ecgtl.evaluate.parallel", "ecgtl.data.cinc2017", "ecgtl.data.tr
 PRELOAD_PREDICT = ("ecgtl.evaluate.commands", "scipy.signal")
 
 
-def classify_folder(clf: Classifier, cinc: Cinc2017, progress: bool = True, workers: int | str | None = "auto",
+def classify_folder(clf: Classifier | Ensemble, cinc: Cinc2017, progress: bool = True, workers: int | str | None = "auto",
                     names: list[str] | None = None, check: bool = True) -> tuple[list[str], list[str | None], np.ndarray, list[tuple[str, str]], InferenceTiming]:
     """Read, prepare and classify the records of a CinC-layout folder: ``(names, labels, probabilities, failures, timing)``.
 
@@ -64,15 +68,18 @@ def classify_folder(clf: Classifier, cinc: Cinc2017, progress: bool = True, work
     enough records; 0: this process) while this process runs the model on those already
     prepared. A record that cannot be read is skipped and reported as ``(name, error)``, the
     error naming its file, as :meth:`Cinc2017.read_all` does. ``check``: refuse non-finite
-    probabilities (:meth:`Classifier.probabilities`).
+    probabilities (:meth:`Classifier.probabilities`). ``clf`` may be an :class:`Ensemble`: each
+    record is read once, prepared once per distinct rate and normalisation of its members, and
+    the members' probabilities are averaged.
     """
     from tqdm.auto import tqdm
 
+    ens = clf if isinstance(clf, Ensemble) else Ensemble([clf])
     t0 = time.perf_counter()
     names = list(names or cinc.names)
     n_workers = resolve_workers(workers, len(names))
-    jobs = cinc_jobs(cinc.folder, names, cinc.labels, clf.fs, clf.normalization.mean, clf.normalization.std)
-    runner = clf.runner()
+    jobs = cinc_ensemble_jobs(cinc.folder, names, cinc.labels, ens.preparations)
+    runners = ens.runners()
     kept, labels, failures = [], [], []
     read_s = preprocess_s = 0.0
     first = None
@@ -85,36 +92,70 @@ def classify_folder(clf: Classifier, cinc: Cinc2017, progress: bool = True, work
             if r.error is not None:
                 failures.append((r.name, r.error))
                 continue
-            runner.add(r.signal, clf.input_starts(r.signal.shape[0]))
+            ens.add(runners, r.signals)
             kept.append(r.name)
             labels.append(r.label)
     finally:
         results.close()  # an error or Ctrl-C: the workers stop
-    probs = clf.probabilities(runner, check=check)
-    timing = clf.timing(runner, time.perf_counter() - t0, read_s=read_s, preprocess_s=preprocess_s, workers=n_workers,
+    probs = ens.probabilities(runners, check=check)
+    timing = ens.timing(runners, time.perf_counter() - t0, read_s=read_s, preprocess_s=preprocess_s, workers=n_workers,
                         first_record_s=first or 0.0)
     return kept, labels, probs, failures, timing
 
 
-def run_evaluate(checkpoint: str, data: str, labels: str = "v3", out: str | None = None, n_boot: int = 1000,
+def checkpoint_list(checkpoint: str | os.PathLike | list | tuple) -> list[str]:
+    """``--checkpoint``'s value(s) as a list of paths: one path, or several (an ensemble)."""
+    items = [checkpoint] if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint or [])
+    if not items:
+        raise ConfigError("no model given: pass --checkpoint RUN (or several, for an ensemble)")
+    return [os.fspath(c) for c in items]
+
+
+def _members_hash(cards: list[Path]) -> str:
+    """8 hex digits naming an ensemble: its members' resolved cards, in order."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(str(c.resolve()) for c in cards).encode()).hexdigest()[:8]
+
+
+def _seen_records(splits_file: Path) -> set[str]:
+    """The records a run was trained or selected on (its ``splits.json``'s train and val)."""
+    from ecgtl.data.splits import load_splits
+
+    return set().union(*(set(v) for k, v in load_splits(splits_file).items() if k in ("train", "val")))
+
+
+def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out: str | None = None, n_boot: int = 1000,
                  device: str = "auto", progress: bool = True, workers: int | str | None = "auto", batch_size: int | None = None,
                  precision: str = "auto") -> dict:
-    """Score a model on a CinC-layout folder; the report (also written as JSON) holds the metrics and a ``timing``
-    section (:class:`~ecgtl.evaluate.inference.InferenceTiming`: records/s, and the read / preprocess / model seconds)."""
+    """Score a model, or the ensemble of several (``checkpoint`` a list), on a CinC-layout folder.
+
+    The report (also written as JSON) holds the metrics, a ``timing`` section
+    (:class:`~ecgtl.evaluate.inference.InferenceTiming`: records/s, and the read / preprocess /
+    model seconds), ``checkpoints`` and ``members`` (each card with its ``weights_sha256`` and
+    ``card_sha256``), and for one model ``checkpoint`` as before.
+    """
+    checkpoints = checkpoint_list(checkpoint)
     if workers != 0:
         start_pool_server(PRELOAD_CINC)  # its imports run while the model loads and CUDA starts
-    clf = Classifier(checkpoint, device=device, batch_size=batch_size, precision=precision)
+    ens = Ensemble.load(checkpoints, device=device, batch_size=batch_size, precision=precision)
     cinc = Cinc2017(data, labels=labels)
     if not cinc.labels:
         raise ConfigError(f"{data}: no label file (REFERENCE.csv or REFERENCE-v3.csv); use `ecgtl predict` for unlabelled data")
     # The default output folder is unique per data folder (its name + a hash of its resolved path), so
-    # two folders of the same name never share one; a folder holding another evaluation's report (of
-    # other data or another model) is refused, never overwritten: checked now and again when writing.
+    # two folders of the same name never share one; an ensemble's is in its first member's run folder,
+    # named also by a hash of its members (never a single model's folder); a folder holding another
+    # evaluation's report (of other data or another model or ensemble) is refused, never overwritten:
+    # checked now and again when writing.
     import hashlib
 
     data_path = str(Path(data).resolve())
-    card = find_card(checkpoint)
-    out_dir = Path(out) if out else card.parent / f"evaluate-{Path(data_path).name}-{hashlib.sha256(data_path.encode()).hexdigest()[:8]}"
+    cards = [find_card(c) for c in checkpoints]  # as given (the report's paths), resolved to compare
+    members = [str(c.resolve()) for c in cards]
+    default_name = f"evaluate-{Path(data_path).name}-{hashlib.sha256(data_path.encode()).hexdigest()[:8]}"
+    if len(cards) > 1:
+        default_name = f"evaluate-ensemble-{_members_hash(cards)}-{default_name.removeprefix('evaluate-')}"
+    out_dir = Path(out) if out else cards[0].parent / default_name
 
     def check_out_dir() -> None:
         if out_dir.exists() and not out_dir.is_dir():
@@ -127,39 +168,54 @@ def run_evaluate(checkpoint: str, data: str, labels: str = "v3", out: str | None
         except (OSError, ValueError):
             old = None
         if isinstance(old, dict):
-            same_model = str(Path(old.get("checkpoint", "")).resolve()) == str(card.resolve())
+            old_members = old["checkpoints"] if isinstance(old.get("checkpoints"), list) else [old.get("checkpoint", "")]
+            same_model = [str(Path(str(c)).resolve()) for c in old_members] == members  # the same model(s), in order
             same_data = old["data"] == data_path if "data" in old else old.get("split") == f"folder {data}"
             if same_model and same_data:
                 return  # the same evaluation again: its report is refreshed
-            what = f"of {old.get('data') or old.get('split')} with {old.get('checkpoint')}"
+            what = f"of {old.get('data') or old.get('split')} with {', '.join(map(str, old_members))}"
         else:
             what = "that cannot be read"
         raise ConfigError(f"{out_dir}: already holds the report of another evaluation {what}; "
                           "pass another --out, or move that folder away")
 
     check_out_dir()
-    names, label_names, probs, failures, timing = classify_folder(clf, cinc, progress=progress, workers=workers, check=False)
+    names, label_names, probs, failures, timing = classify_folder(ens, cinc, progress=progress, workers=workers, check=False)
     for name, why in failures:
         print(f"skipped {name}: {why}")
     if not names:
         raise DataError(data, "no readable record")
-    check_probabilities(probs, clf.card["_card_path"])
+    ens.check_probabilities(probs)  # non-finite output: the member that gave it is named
     y = np.array([CINC_CLASSES.index(lab) for lab in label_names])
     report = classification_report(y, probs, n_boot=n_boot, split=f"folder {data}")
-    splits_file = find_card(checkpoint).parent / "splits.json"
-    if splits_file.is_file():  # records the model was trained or selected on make the score optimistic
-        from ecgtl.data.splits import load_splits
-
-        seen = set().union(*(set(v) for k, v in load_splits(splits_file).items() if k in ("train", "val")))
-        overlap = sorted(seen & set(names))
-        report["records_seen_in_training_or_validation"] = len(overlap)
-        if overlap:
-            print(f"warning: {len(overlap)} of {len(names)} records were in this model's training or validation split "
-                  f"({splits_file}), e.g. {overlap[:3]}: the score is optimistic")
+    member_info, seen_any, has_splits = [], set(), False
+    for card_path, m in zip(cards, ens.members):
+        info = {"card": str(card_path), "weights_sha256": m.card.get("weights_sha256")}
+        if m.card.get("card_sha256"):
+            info["card_sha256"] = m.card["card_sha256"]
+        info.update(fs=m.fs, input=m.input, class_bias=bool(m.card.get("class_bias")))
+        splits_file = card_path.parent / "splits.json"
+        if splits_file.is_file():  # records the model was trained or selected on make the score optimistic
+            overlap = sorted(_seen_records(splits_file) & set(names))
+            info["records_seen_in_training_or_validation"] = len(overlap)
+            seen_any.update(overlap)
+            has_splits = True
+            if overlap:
+                print(f"warning: {len(overlap)} of {len(names)} records were in this model's training or validation split "
+                      f"({splits_file}), e.g. {overlap[:3]}: the score is optimistic")
+        member_info.append(info)
+    if has_splits:  # for an ensemble: the records any member saw
+        report["records_seen_in_training_or_validation"] = len(seen_any)
     report["inference_records_per_s"] = timing.model_records_per_s  # the model stage, as fine-tuning's reports give it
     report["timing"] = timing.as_dict()
     report["skipped"] = [{"record": n, "error": e} for n, e in failures]
-    report["checkpoint"] = str(find_card(checkpoint))
+    if len(cards) == 1:
+        report["checkpoint"] = str(cards[0])
+    else:
+        report["ensemble"] = (f"the mean of the class probabilities of {len(cards)} models, each with its own preprocessing "
+                              "and class_bias")
+    report["checkpoints"] = [str(c) for c in cards]
+    report["members"] = member_info
     report["label_file"] = str(cinc.label_file)  # which labels were scored: the folder's own, or the one given
     report["data"] = data_path  # which folder was scored: tells this evaluation's output folder from another's
     from ecgtl.fileio import atomic_write
@@ -181,6 +237,12 @@ def run_evaluate(checkpoint: str, data: str, labels: str = "v3", out: str | None
         # Both atomic (a crash or a full disk leaves the old file or the new one); the report last.
         write_predictions(out_dir / "predictions.csv", names, y, probs)
         atomic_write(out_dir / "report.json", json.dumps(report, indent=1))
+    if len(cards) == 1:
+        print(f"model: {cards[0]} (weights sha256 {member_info[0]['weights_sha256']})")
+    else:
+        print(f"ensemble of {len(cards)} models (the mean of their class probabilities):")
+        for info in member_info:
+            print(f"  {info['card']} (weights sha256 {info['weights_sha256']})")
     print(format_report(report))
     print(timing.summary())
     print(f"wrote {out_dir / 'report.json'} and predictions.csv")
@@ -343,12 +405,13 @@ def _json_safe(result: dict) -> dict:
 
 
 def load_prepared(job: tuple) -> tuple:
-    """Worker of ``predict``: one file read, checked and prepared for the model.
+    """Worker of ``predict``: one file read and checked once, then prepared for each model (rate and normalisation).
 
-    ``job`` = ``(file, fs, lead, gain, model fs, mean, std)``; returns ``(prepared signal or None,
-    error or None, rate, samples, read seconds, preprocess seconds)``.
+    ``job`` = ``(file, fs, lead, gain, preparations)``, ``preparations`` a tuple of ``(model fs,
+    mean, std)`` (:attr:`Ensemble.preparations`); returns ``(prepared signals, one per
+    preparation, or None, error or None, rate, samples, read seconds, preprocess seconds)``.
     """
-    path, fs, lead, gain, fs_out, mean, std = job
+    path, fs, lead, gain, preparations = job
     t0 = time.perf_counter()
     try:
         sig, rate = load_recording(path, fs, lead, gain)
@@ -356,33 +419,35 @@ def load_prepared(job: tuple) -> tuple:
     except EcgtlError as err:
         return None, str(err), None, 0, time.perf_counter() - t0, 0.0
     t1 = time.perf_counter()
-    x = prepare_signal(sig, rate, fs_out, mean, std)
-    return x, None, float(rate), int(sig.shape[0]), t1 - t0, time.perf_counter() - t1
+    xs = tuple(prepare_signal(sig, rate, fs_out, mean, std) for fs_out, mean, std in preparations)
+    return xs, None, float(rate), int(sig.shape[0]), t1 - t0, time.perf_counter() - t1
 
 
-def run_predict(files: list[str], checkpoint: str, fs: float | None = None, lead: str | None = None, gain: float | None = None,
-                as_json: bool = False, device: str = "auto", workers: int | str | None = "auto", batch_size: int | None = None,
-                precision: str = "auto") -> int:
+def run_predict(files: list[str], checkpoint: str | list[str], fs: float | None = None, lead: str | None = None,
+                gain: float | None = None, as_json: bool = False, device: str = "auto", workers: int | str | None = "auto",
+                batch_size: int | None = None, precision: str = "auto") -> int:
     """Classify each file; a file that fails (or whose probabilities are not finite) gets an error, never a class.
 
-    With ``as_json`` the output is always valid JSON (no NaN/Infinity), one entry per file, also
-    when the model itself is refused (then every file gets its error, and the error is raised).
-    The files are read by ``workers`` processes (``auto``: for many files) and classified in
-    batches; the timing (records/s, read / preprocess / model seconds) is logged (stderr),
-    so that the output stays one line (or one JSON entry) per file.
+    ``checkpoint``: one model, or a list of several whose class probabilities are averaged
+    (:class:`~ecgtl.evaluate.inference.Ensemble`; the output is the same, with the ensemble's
+    probabilities). With ``as_json`` the output is always valid JSON (no NaN/Infinity), one
+    entry per file, also when the model itself is refused (then every file gets its error, and
+    the error is raised). The files are read by ``workers`` processes (``auto``: for many
+    files) and classified in batches; the timing (records/s, read / preprocess / model seconds)
+    is logged (stderr), so that the output stays one line (or one JSON entry) per file.
     """
     import logging
 
     try:
-        clf = Classifier(checkpoint, device=device, batch_size=batch_size, precision=precision)
+        clf = Ensemble.load(checkpoint_list(checkpoint), device=device, batch_size=batch_size, precision=precision)
     except EcgtlError as err:
         if as_json:
             print(json.dumps([{"file": f, "error": str(err)} for f in files], indent=1))
         raise
     t0 = time.perf_counter()
     n_workers = resolve_workers(workers, len(files))
-    jobs = [(f, fs, lead, gain, clf.fs, clf.normalization.mean, clf.normalization.std) for f in files]
-    runner = clf.runner()
+    jobs = [(f, fs, lead, gain, tuple(clf.preparations)) for f in files]
+    runners = clf.runners()
     loaded: list[tuple[str, str | None, float | None, int]] = []  # (file, error, rate, samples)
     read_s = preprocess_s = 0.0
     first = None
@@ -393,22 +458,22 @@ def run_predict(files: list[str], checkpoint: str, fs: float | None = None, lead
             read_s += r_s
             preprocess_s += p_s
             if x is not None:
-                runner.add(x, clf.input_starts(x.shape[0]))
+                clf.add(runners, x)
             loaded.append((f, error, rate, samples))
     finally:
         prepared.close()
-    probs = clf.probabilities(runner, check=False)  # checked file by file below: one bad output fails its file only
-    timing = clf.timing(runner, time.perf_counter() - t0, read_s=read_s, preprocess_s=preprocess_s, workers=n_workers,
+    probs = clf.probabilities(runners, check=False)  # checked file by file below: one bad output fails its file only
+    timing = clf.timing(runners, time.perf_counter() - t0, read_s=read_s, preprocess_s=preprocess_s, workers=n_workers,
                         first_record_s=first or 0.0)
     results, failed, row = [], 0, 0
     for f, error, rate, samples in loaded:
         if error is None:
             p = probs[row]
-            row += 1
             try:
-                check_probabilities(p[None, :], clf.card["_card_path"])
+                clf.check_probabilities(p[None, :], rows=[row])  # naming the member that gave non-finite output
             except EcgtlError as err:
                 error = str(err)
+            row += 1
         if error is not None:
             failed += 1
             results.append({"file": f, "error": error})
@@ -449,12 +514,21 @@ def _compare_outputs(ref: np.ndarray, got: np.ndarray, out_path: Path, source: s
     return diff, same_class
 
 
-def run_export(checkpoint: str, out: str, verify_data: str | None = None, verify_records: int = 16, opset: int = 17) -> dict:
-    """ONNX export, checked against PyTorch; the ``.onnx`` file appears only once the check passed."""
+def run_export(checkpoint: str | list[str], out: str, verify_data: str | None = None, verify_records: int = 16,
+               opset: int = 17) -> dict:
+    """ONNX export of one model, checked against PyTorch; the ``.onnx`` file appears only once the check passed.
+
+    Several checkpoints (an ensemble) are refused: an ONNX file holds one model.
+    """
+    checkpoints = checkpoint_list(checkpoint)
+    if len(checkpoints) > 1:
+        raise ConfigError(f"export writes one model, but {len(checkpoints)} checkpoints were given ({', '.join(checkpoints)}): "
+                          "an ensemble is not exported as one ONNX file; export each member on its own "
+                          "(one --checkpoint, one --out each) and average their probabilities")
     import onnx
     import onnxruntime as ort
 
-    clf = Classifier(checkpoint, device="cpu", conv_layout="1d")  # exported as plain 1-D convolutions
+    clf = Classifier(checkpoints[0], device="cpu", conv_layout="1d")  # exported as plain 1-D convolutions
     model = clf.model.eval()
     length = clf.input_samples
     masked = clf.pooling == "masked"  # a second input: the samples of each input that are the recording's
@@ -577,12 +651,34 @@ def _add_speed_options(p) -> None:
                    "float32 elsewhere), float32 (the probabilities of fine-tuning's reports), bfloat16")
 
 
+#: The suffixes of recordings (``predict``): a value of ``--checkpoint`` with one of these, and those after it, are files.
+RECORDING_SUFFIXES = (".hea", ".dat", ".mat", ".csv", ".txt", ".npy")
+_CHECKPOINTS_HELP = ("model card (model.json), its run folder, or best.safetensors; several (--checkpoint A B, or "
+                     "--checkpoint A --checkpoint B): an ensemble, the mean of their class probabilities")
+
+
+def _split_predict_arguments(checkpoints: list[str], files: list[str]) -> tuple[list[str], list[str]]:
+    """``predict --checkpoint RUN FILE ...``: ``--checkpoint`` takes several values, so argparse gives it the files that
+    follow it; those from the first with a recording's suffix (:data:`RECORDING_SUFFIXES`) on are files."""
+    k = next((i for i, c in enumerate(checkpoints) if Path(c).suffix.lower() in RECORDING_SUFFIXES), len(checkpoints))
+    checkpoints, files = checkpoints[:k], [*files, *checkpoints[k:]]
+    if not files:
+        raise ConfigError("no recording given: ecgtl predict FILE [FILE ...] --checkpoint RUN [RUN ...]")
+    return checkpoints, files
+
+
+def _predict_command(a) -> int:
+    checkpoints, files = _split_predict_arguments(list(a.checkpoint), list(a.files))
+    return run_predict(files, checkpoints, a.fs, a.lead, a.gain, a.json, a.device, a.workers, a.batch_size, a.precision)
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("evaluate")
-    p.add_argument("--checkpoint", required=True, help="model card (model.json), its run folder, or best.safetensors")
+    p.add_argument("--checkpoint", required=True, nargs="+", action="extend", metavar="RUN", help=_CHECKPOINTS_HELP)
     p.add_argument("--data", required=True, help="folder with RECORDS, REFERENCE*.csv and .mat/.hea")
     p.add_argument("--labels", default="v3", help="v3 (default), original, or a label file")
-    p.add_argument("--out", help="output folder (default: <run>/evaluate-<data folder name>-<hash of its path>)")
+    p.add_argument("--out", help="output folder (default: <run>/evaluate-<data folder name>-<hash of its path>; for an "
+                   "ensemble <first member's run>/evaluate-ensemble-<hash of its members>-<data folder name>-<hash>)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% intervals")
     _add_speed_options(p)
     p.add_argument("--no-progress", action="store_true")
@@ -590,8 +686,10 @@ def add_parser(subparsers) -> None:
                                                     not a.no_progress, a.workers, a.batch_size, a.precision) else 1)
 
     p = subparsers.add_parser("predict")
-    p.add_argument("files", nargs="+", help="recordings: record.hea, record.mat (+ .hea), file.csv, file.npy")
-    p.add_argument("--checkpoint", required=True, help="model card (model.json) or its run folder")
+    p.add_argument("files", nargs="*", help="recordings: record.hea, record.mat (+ .hea), file.csv, file.npy (best before "
+                   "--checkpoint, which takes several values: after it, the values from the first with a recording's suffix "
+                   "on are recordings)")
+    p.add_argument("--checkpoint", required=True, nargs="+", action="extend", metavar="RUN", help=_CHECKPOINTS_HELP)
     p.add_argument("--fs", type=_rate_hz, help="sampling rate, Hz (required for CSV and NumPy; WFDB headers carry it)")
     p.add_argument("--lead", default=None, help="lead index or name (WFDB signal name, CSV column header); required when "
                                                 "the input has several leads: it is never guessed")
@@ -599,11 +697,11 @@ def add_parser(subparsers) -> None:
                                                        "CinC 2017 counts, 0.001 for volts)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_speed_options(p)
-    p.set_defaults(func=lambda a: run_predict(a.files, a.checkpoint, a.fs, a.lead, a.gain, a.json, a.device, a.workers,
-                                              a.batch_size, a.precision))
+    p.set_defaults(func=_predict_command)
 
     p = subparsers.add_parser("export")
-    p.add_argument("--checkpoint", required=True, help="model card (model.json) or its run folder")
+    p.add_argument("--checkpoint", required=True, nargs="+", action="extend", metavar="RUN",
+                   help="model card (model.json) or its run folder (one: an ensemble is not exported)")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--verify-data", help="CinC-layout folder whose first records check the export (default: random input)")
     p.add_argument("--verify-records", type=int, default=16)

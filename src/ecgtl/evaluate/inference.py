@@ -17,6 +17,10 @@ A model whose card says ``pooling: masked`` (see :mod:`ecgtl.models.card`) pools
 feature steps of real signal: every path here gives it, per input, the sample range ``valid =
 (start, end)`` that is the record's (the rest of a short record's window is zero padding), as
 fine-tuning did.
+
+:class:`Ensemble` is several fine-tuned models used as one (``--checkpoint A B ...``: k-fold
+models, several seeds): each member keeps its own preprocessing, inputs and ``class_bias``,
+and the class probabilities of the members are averaged per record.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import csv
 import io
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -520,6 +525,158 @@ class Classifier:
                                preprocess_s=preprocess_s,
                                model_s=runner.seconds, inputs=runner.n_inputs, batches=runner.batches, workers=workers,
                                device=str(self.device), precision=self.plan.precision, batch_size=self.plan.batch_size)
+
+
+#: How a record is prepared for a model: ``(fs in Hz, normalisation mean, normalisation std)``.
+Preparation = tuple[float, float, float]
+
+
+class Ensemble:
+    """Several fine-tuned classifiers as one model: the mean of their class probabilities, per record.
+
+    Each member keeps its own preprocessing (rate, normalisation), input (``crop`` windows or
+    the ``paper`` input), pooling and decision biases (``class_bias``), so models trained at
+    different rates can be mixed; the members' final probabilities (each after its own
+    ``class_bias``) are averaged with equal weights. All members must have the same classes in
+    the same order, and a model cannot be a member twice. A record is read once and prepared
+    once per distinct :data:`Preparation` (:attr:`preparations`; member ``i`` uses
+    ``preparations[member_preparation[i]]``). A one-member ensemble gives its model's
+    probabilities bit for bit. After :meth:`probabilities`, ``last_member_probabilities`` holds
+    each member's, so that non-finite output is blamed on the member that gave it
+    (:meth:`check_probabilities`).
+    """
+
+    def __init__(self, members: Sequence[Classifier]):
+        members = list(members)
+        if not members:
+            raise ConfigError("an ensemble needs at least one model: give one or more --checkpoint")
+        first = members[0]
+        seen: dict[str, Classifier] = {}
+        for m in members:
+            path = str(Path(m.card["_card_path"]).resolve())
+            if path in seen:
+                raise ConfigError(f"{m.card['_card_path']}: the same model is given twice as an ensemble member; "
+                                  "give each checkpoint once")
+            seen[path] = m
+            if m.classes != first.classes:
+                raise ConfigError(f"{m.card['_card_path']} has the classes {list(m.classes)} but "
+                                  f"{first.card['_card_path']} has {list(first.classes)}: the probabilities of an ensemble's "
+                                  "members are averaged class by class, so all need the same classes in the same order")
+        self.members = members
+        self.classes = first.classes
+        self.device = first.device
+        self.preparations: list[Preparation] = []
+        self.member_preparation: list[int] = []
+        for m in members:
+            key = (float(m.fs), float(m.normalization.mean), float(m.normalization.std))
+            if key not in self.preparations:
+                self.preparations.append(key)
+            self.member_preparation.append(self.preparations.index(key))
+        self.last_member_probabilities: list[np.ndarray] | None = None
+        self.last_timing: InferenceTiming | None = None
+
+    @classmethod
+    def load(cls, checkpoints: Sequence[str | os.PathLike] | str | os.PathLike, device: str = "auto",
+             batch_size: int | None = None, precision: str = "auto", conv_layout: str = "auto") -> Ensemble:
+        """The ensemble of ``checkpoints`` (cards, run folders or weights files; one path: a one-member ensemble).
+
+        Duplicates are refused before any weights are read.
+        """
+        paths = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
+        if not paths:
+            raise ConfigError("an ensemble needs at least one model: give one or more --checkpoint")
+        cards: dict[str, str | os.PathLike] = {}
+        for c in paths:
+            key = str(find_card(c).resolve())
+            if key in cards:
+                raise ConfigError(f"{c}: the same model as {cards[key]} (card {key}); give each checkpoint once")
+            cards[key] = c
+        return cls([Classifier(c, device=device, batch_size=batch_size, precision=precision, conv_layout=conv_layout)
+                    for c in paths])
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def cards(self) -> list[Path]:
+        """The members' model cards (resolved paths), in order."""
+        return [Path(m.card["_card_path"]) for m in self.members]
+
+    @property
+    def source(self) -> str:
+        """What errors name: the card of a one-member ensemble, else the ensemble and its members' cards."""
+        if len(self.members) == 1:
+            return self.members[0].card["_card_path"]
+        return f"ensemble of {len(self.members)} models ({', '.join(map(str, self.cards))})"
+
+    def preprocess(self, signals: list[np.ndarray], fs: float | list[float]) -> list[list[np.ndarray]]:
+        """The recordings prepared once per :attr:`preparations` entry: ``[preparation][record]``."""
+        fss = fs if isinstance(fs, (list, tuple)) else [fs] * len(signals)
+        return [[prepare_signal(s, f, fs_out, mean, std) for s, f in zip(signals, fss)]
+                for fs_out, mean, std in self.preparations]
+
+    def runners(self) -> list[BatchRunner]:
+        """One :class:`BatchRunner` per member; :meth:`add` records to them, then :meth:`probabilities`."""
+        return [m.runner() for m in self.members]
+
+    def add(self, runners: list[BatchRunner], prepared: Sequence[np.ndarray]) -> None:
+        """Queue one record, given prepared once per :attr:`preparations` entry, to every member's runner."""
+        for m, k, runner in zip(self.members, self.member_preparation, runners):
+            x = prepared[k]
+            runner.add(x, m.input_starts(x.shape[0]))
+
+    def probabilities(self, runners: list[BatchRunner], check: bool = True) -> np.ndarray:
+        """Per-record class probabilities: the mean of the members' (:meth:`Classifier.probabilities`, biases applied).
+
+        ``check``: refuse non-finite probabilities, naming the member's card (else they are
+        returned, for :meth:`check_probabilities` record by record).
+        """
+        per = [m.probabilities(r, check=check) for m, r in zip(self.members, runners)]
+        self.last_member_probabilities = per
+        return self.combine(per)
+
+    @staticmethod
+    def combine(per_member: Sequence[np.ndarray]) -> np.ndarray:
+        """The mean of the members' probabilities (float64 sums, the members' dtype); one member: its own, unchanged."""
+        if len(per_member) == 1:
+            return per_member[0]
+        dtype = np.result_type(*per_member)
+        total = np.zeros(np.shape(per_member[0]), dtype=np.float64)
+        for p in per_member:
+            total += p
+        return (total / len(per_member)).astype(dtype)
+
+    def check_probabilities(self, probs: np.ndarray, rows=None) -> np.ndarray:
+        """:func:`check_probabilities` of ``probs`` (the last :meth:`probabilities`, or its ``rows``), naming the member at fault."""
+        if np.all(np.isfinite(probs)):
+            return probs
+        for m, p in zip(self.members, self.last_member_probabilities or []):
+            check_probabilities(p if rows is None else p[rows], m.card["_card_path"])
+        return check_probabilities(probs, self.source)
+
+    def predict_proba(self, signals: list[np.ndarray], fs: float | list[float], check: bool = True) -> np.ndarray:
+        """Class probabilities, shape (n_recordings, n_classes), the members' averaged; timing in ``last_timing``."""
+        t0 = time.perf_counter()
+        prepared = self.preprocess(signals, fs)
+        t1 = time.perf_counter()
+        runners = self.runners()
+        for i in range(len(signals)):
+            self.add(runners, [xs[i] for xs in prepared])
+        probs = self.probabilities(runners, check=check)
+        self.last_timing = self.timing(runners, time.perf_counter() - t0, read_s=0.0, preprocess_s=t1 - t0, workers=0,
+                                       first_record_s=(t1 - t0) / max(1, len(signals)))
+        return probs
+
+    def timing(self, runners: list[BatchRunner], seconds: float, read_s: float, preprocess_s: float, workers: int,
+               first_record_s: float = 0.0) -> InferenceTiming:
+        """The :class:`InferenceTiming` of the records that went through ``runners`` (model time, inputs and batches summed)."""
+        if len(self.members) == 1:
+            return self.members[0].timing(runners[0], seconds, read_s, preprocess_s, workers, first_record_s)
+        return InferenceTiming(records=runners[0].n_records, seconds=seconds, first_record_s=first_record_s, read_s=read_s,
+                               preprocess_s=preprocess_s, model_s=sum(r.seconds for r in runners),
+                               inputs=sum(r.n_inputs for r in runners), batches=sum(r.batches for r in runners),
+                               workers=workers, device=str(self.device), precision=self.members[0].plan.precision,
+                               batch_size=max(m.plan.batch_size for m in self.members))
 
 
 def check_recording(signal: np.ndarray, fs: float, source: str) -> np.ndarray:

@@ -112,7 +112,9 @@ def ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int = 0
 class Prepared:
     """A record read and prepared for the model (``signal`` None and ``error`` set when it could not be read).
 
-    ``read_s`` and ``preprocess_s`` are the seconds this record took in its worker.
+    ``read_s`` and ``preprocess_s`` are the seconds this record took in its worker. ``signals``:
+    the record prepared for each of the job's preparations (an ensemble's models at several
+    rates), ``signal`` being the first.
     """
 
     name: str
@@ -123,6 +125,7 @@ class Prepared:
     preprocess_s: float
     fs: float = 0.0
     samples: int = 0
+    signals: tuple[np.ndarray, ...] = ()
 
 
 @functools.lru_cache(maxsize=16)
@@ -164,22 +167,36 @@ def prepare_signal(signal: np.ndarray, fs: float, fs_out: float, mean: float, st
     return resample_fast(Normalization(mean=mean, std=std)(signal), fs, fs_out)
 
 
-def read_prepared_cinc(job: tuple[str, str, str | None, float, float, float]) -> Prepared:
-    """Worker: read CinC record ``name`` of ``folder`` and prepare it; a bad record gives its error, naming the file."""
+def read_prepared_cinc(job: tuple) -> Prepared:
+    """Worker: read CinC record ``name`` of ``folder`` and prepare it; a bad record gives its error, naming the file.
+
+    ``job``: ``(folder, name, label, fs_out, mean, std)`` (:func:`cinc_jobs`), or ``(folder, name,
+    label, preparations)`` with a tuple of ``(fs_out, mean, std)`` (:func:`cinc_ensemble_jobs`):
+    the record is read once and prepared for each, in order (``Prepared.signals``).
+    """
     from ecgtl.data.cinc2017 import read_record
 
-    folder, name, label, fs_out, mean, std = job
+    folder, name, label, *rest = job
+    preparations = tuple(rest[0]) if len(rest) == 1 else (tuple(rest),)
     t0 = time.perf_counter()
     try:
         rec = read_record(folder, name, label)
     except DataError as err:
         return Prepared(name, label, None, str(err), time.perf_counter() - t0, 0.0)
     t1 = time.perf_counter()
-    x = prepare_signal(rec.signal, rec.fs, fs_out, mean, std)
-    return Prepared(name, label, x, None, t1 - t0, time.perf_counter() - t1, float(rec.fs), int(rec.signal.shape[0]))
+    xs = tuple(prepare_signal(rec.signal, rec.fs, fs_out, mean, std) for fs_out, mean, std in preparations)
+    return Prepared(name, label, xs[0], None, t1 - t0, time.perf_counter() - t1, float(rec.fs), int(rec.signal.shape[0]),
+                    signals=xs)
 
 
 def cinc_jobs(folder: str | os.PathLike, names: Iterable[str], labels: dict[str, str], fs_out: float, mean: float,
               std: float) -> list[tuple[str, str, str | None, float, float, float]]:
     """The arguments of :func:`read_prepared_cinc` for each record name."""
     return [(os.fspath(folder), n, labels.get(n), float(fs_out), float(mean), float(std)) for n in names]
+
+
+def cinc_ensemble_jobs(folder: str | os.PathLike, names: Iterable[str], labels: dict[str, str],
+                       preparations: Sequence[tuple[float, float, float]]) -> list[tuple]:
+    """The arguments of :func:`read_prepared_cinc` for each record name, prepared once per ``(fs_out, mean, std)``."""
+    preps = tuple((float(f), float(m), float(s)) for f, m, s in preparations)
+    return [(os.fspath(folder), n, labels.get(n), preps) for n in names]
