@@ -201,3 +201,10 @@ def test_a_folder_run_with_another_recipe_is_refused(tmp_path):
     spec.finetune_set = ["epochs=7"]
     with pytest.raises(ConfigError, match=r"grid\.yaml: this folder's grid was run with another recipe \(finetune_set differ\)"):
         Experiment(spec, tmp_path).check_recipe()
+
+
+def test_dry_run_into_a_closed_pipe_exits_quietly(tmp_path):
+    proc = subprocess.run(f"{sys.executable} -m ecgtl experiment cpu --dry-run --out {tmp_path / 'c'} | head -1",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("experiment cpu: 8 pre-training and 69 fine-tuning runs")
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
