@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 
+from cinc_subset import ecg_like_signals, write_cinc_subset
 from ecgtl.cli import main as cli
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.errors import ConfigError, DataError
@@ -62,30 +62,12 @@ def folder(shared_data, tmp_path_factory):
     """Six real CinC 2017 records in the CinC layout, with their labels."""
     out = tmp_path_factory.mktemp("cinc") / "test"
     out.mkdir()
-    base = shared_data / "physionet-files" / "challenge-2017" / "1.0.0"
-    with zipfile.ZipFile(base / "training2017.zip") as zf:
-        names = zf.read("training2017/RECORDS").decode().split()[:N_RECORDS]
-        for n in names:
-            for ext in (".hea", ".mat"):
-                (out / (n + ext)).write_bytes(zf.read(f"training2017/{n}{ext}"))
-    labels = dict(line.split(",") for line in (base / "REFERENCE-v3.csv").read_text().split())
-    (out / "RECORDS").write_text("".join(n + "\n" for n in names))
-    (out / "REFERENCE.csv").write_text("".join(f"{n},{labels[n]}\n" for n in names))
+    write_cinc_subset(shared_data, out, N_RECORDS)
     return out
 
 
 def _signals(n: int = 5, seed: int = 0) -> tuple[list[np.ndarray], list[float]]:
-    """ECG-like signals in mV of varied lengths and rates."""
-    rng = np.random.default_rng(seed)
-    out, rates = [], []
-    for i in range(n):
-        fs = [300.0, 250.0, 500.0][i % 3]
-        samples = [int(6 * fs), int(round(10.24 * fs)), int(33.3 * fs), int(61 * fs)][i % 4]
-        t = np.arange(samples) / fs
-        x = np.exp(-(((t * rng.uniform(1, 2)) % 1.0 - 0.5) ** 2) / 2e-4) + 0.05 * rng.standard_normal(samples)
-        out.append(x.astype(np.float32))
-        rates.append(fs)
-    return out, rates
+    return ecg_like_signals(n, seed)
 
 
 def _read_predictions(path) -> dict[str, np.ndarray]:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 
+from cinc_subset import ecg_like_signals, write_cinc_subset
 from ecgtl.cli import main as cli
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc_dataset import prepare_cinc
@@ -65,30 +65,13 @@ def crop_card(tmp_path_factory):
 def folder(shared_data, tmp_path_factory):
     """Twelve real CinC 2017 records (9-60 s) in the CinC layout, with their labels."""
     out = tmp_path_factory.mktemp("cinc")
-    with zipfile.ZipFile(shared_data / "physionet-files" / "challenge-2017" / "1.0.0" / "training2017.zip") as zf:
-        names = zf.read("training2017/RECORDS").decode().split()[:N_RECORDS]
-        for n in names:
-            for ext in (".hea", ".mat"):
-                (out / (n + ext)).write_bytes(zf.read(f"training2017/{n}{ext}"))
-    labels = dict(line.split(",") for line in (shared_data / "physionet-files" / "challenge-2017" / "1.0.0" /
-                                               "REFERENCE-v3.csv").read_text().split())
-    (out / "RECORDS").write_text("".join(n + "\n" for n in names))
-    (out / "REFERENCE.csv").write_text("".join(f"{n},{labels[n]}\n" for n in names))
+    write_cinc_subset(shared_data, out, N_RECORDS)
     return out
 
 
 def _signals(n: int = 7, seed: int = 0) -> tuple[list[np.ndarray], list[float]]:
-    """ECG-like signals in mV of varied lengths and rates (some shorter than a window, one of exactly one window)."""
-    rng = np.random.default_rng(seed)
-    out, rates = [], []
-    for i in range(n):
-        fs = [300.0, 250.0, 500.0][i % 3]
-        samples = [int(6 * fs), int(round(10.24 * fs)), int(33.3 * fs), int(61 * fs)][i % 4]  # 10.24 s: one window
-        t = np.arange(samples) / fs
-        x = np.exp(-(((t * rng.uniform(1, 2)) % 1.0 - 0.5) ** 2) / 2e-4) + 0.05 * rng.standard_normal(samples)
-        out.append(x.astype(np.float32))
-        rates.append(fs)
-    return out, rates
+    """ECG-like signals of varied lengths and rates (some shorter than a window, one of exactly one window)."""
+    return ecg_like_signals(n, seed)
 
 
 def _reference(clf: Classifier, signals, rates) -> np.ndarray:

@@ -9,12 +9,12 @@ validation and test, the Classifier behind evaluate/predict, ONNX export) gives 
 from __future__ import annotations
 
 import json
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 
+from cinc_subset import write_cinc_subset
 from ecgtl.cli import main as cli
 from ecgtl.config import FinetuneConfig, load_config
 from ecgtl.constants import CINC_CLASSES
@@ -432,15 +432,7 @@ def small_cinc(shared_data, tmp_path_factory):
     """48 real CinC 2017 records (18-60 s) in the CinC layout, and a split file of 32 / 8 / 8 of them."""
     out = tmp_path_factory.mktemp("cinc") / "training2017"
     out.mkdir()
-    base = shared_data / "physionet-files" / "challenge-2017" / "1.0.0"
-    with zipfile.ZipFile(base / "training2017.zip") as zf:
-        names = zf.read("training2017/RECORDS").decode().split()[:N_RECORDS]
-        for n in names:
-            for ext in (".hea", ".mat"):
-                (out / (n + ext)).write_bytes(zf.read(f"training2017/{n}{ext}"))
-    labels = dict(line.split(",") for line in (base / "REFERENCE-v3.csv").read_text().split())
-    (out / "RECORDS").write_text("".join(n + "\n" for n in names))
-    (out / "REFERENCE-v3.csv").write_text("".join(f"{n},{labels[n]}\n" for n in names))
+    names = write_cinc_subset(shared_data, out, N_RECORDS, "REFERENCE-v3.csv")
     splits = out.parent / "splits.json"
     save_splits(splits, {"train": names[:32], "val": names[32:40], "test": names[40:]}, note="test_pooling")
     return out, splits
