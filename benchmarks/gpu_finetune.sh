@@ -14,15 +14,7 @@ OUT=${1:?usage: gpu_finetune.sh OUT_DIR [CARRY_DIR] [SEEDS] [EPOCHS]}
 CARRY=${2:-gpucarry}
 SEEDS=${3:-0}
 EPOCHS=${4:-30}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-if ! $PY -c "import wfdb" 2>/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/ecgtl-site "$CARRY"/whl/*.whl || exit 1
-    export PYTHONPATH=$PWD/src:/tmp/ecgtl-site
-else
-    export PYTHONPATH=$PWD/src
-fi
+source "$(dirname "$0")/gpu_env.sh"
 DATA=${CINC_DIR:-/tmp/ecgtl-cinc}
 if [ ! -f "$DATA/REFERENCE-v3.csv" ]; then
     $PY "$CARRY/cinc_pack.py" unpack "$CARRY/cinc" "$DATA" || exit 1

@@ -19,15 +19,7 @@
 set -u
 OUT=${1:?usage: gpu_session.sh OUT_DIR [CARRY_DIR]}
 CARRY=${2:-gpucarry}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-if ! $PY -c "import wfdb" 2>/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/ecgtl-site "$CARRY"/whl/*.whl || exit 1
-    export PYTHONPATH=$PWD/src:/tmp/ecgtl-site
-else
-    export PYTHONPATH=$PWD/src
-fi
+source "$(dirname "$0")/gpu_env.sh"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import torch; print('torch', torch.__version__)"; nproc) > "$OUT/machine.txt" 2>&1
 
 if [ "${SMOKE:-0}" = 1 ]; then
