@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("ecgtl.evaluate.commands", "export a model to ONNX, checked with onnxruntime"),
     "experiment": ("ecgtl.experiments.runner", "run the study's grid (pretext x architecture x data x labels x rate x seeds), resumable"),
     "report": ("ecgtl.experiments.report", "Markdown + figures from an experiment's results table"),
-    "pipeline": ("ecgtl.pipeline", "the main job: data -> pre-train -> fine-tune -> compare (resumable)"),
+    "pipeline": ("ecgtl.pipeline", "the main job: data -> the experiment grid -> its report (resumable)"),
 }
 
 
