@@ -28,7 +28,6 @@ from it, whatever its seed or label fraction. Random-init runs have no patient f
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -275,10 +274,6 @@ def estimate_pretrain_seconds(cfg, train_patients: int) -> float:
     n = max(1, round(train_patients * cfg.patient_fraction))
     frames = cfg.rounds * (n * cfg.frames_per_patient * 3 + n * cfg.val_frames_per_patient)
     return frames * f / (CPU_FLOPS * PRETRAIN_EFFICIENCY)
-
-
-def spec_digest(spec: GridSpec) -> str:
-    return json.dumps(spec.recipe(), sort_keys=True)
 
 
 def spec_as_yaml(spec: GridSpec) -> str:
