@@ -211,3 +211,28 @@ def test_dry_run_into_a_closed_pipe_exits_quietly(tmp_path):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_table_trained_with_an_edited_preset_is_refused(tmp_path):
+    """check_recipe compares preset names; a preset whose contents changed is caught by the rows' config hashes."""
+    import yaml
+
+    from ecgtl.config import to_dict
+    from ecgtl.experiments.results import write_results
+    from ecgtl.experiments.runner import Experiment, config_hash
+
+    exp = Experiment(load_spec("quick"), tmp_path)
+    run = exp.plan.finetunes[0]
+    cfg = exp.finetune_config(run)
+    row = {"run_id": run.run_id, "pretext": run.pretext, "test_macro_f1": 0.5, "config_hash": config_hash(cfg)}
+    write_results(exp.results_csv, [row])
+    exp.check_finished(exp.finished_rows())  # the same config: fine
+
+    saved = to_dict(cfg)  # as if trained with another learning rate and weight decay
+    saved["optim"]["lr"], saved["optim"]["weight_decay"] = 0.123, 0.5
+    exp.finetune_dir(run).mkdir(parents=True)
+    (exp.finetune_dir(run) / "config.yaml").write_text(yaml.safe_dump(saved))
+    write_results(exp.results_csv, [dict(row, config_hash="0123456789ab")])
+    with pytest.raises(ConfigError, match=rf"results\.csv: run {run.run_id} was trained with fine-tuning config 0123456789ab, "
+                                          r"but preset 'cpu' now gives [0-9a-f]{12} \(optim\.lr: 0\.123 -> .*optim\.weight_decay"):
+        exp.check_finished(exp.finished_rows())

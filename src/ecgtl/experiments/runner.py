@@ -157,6 +157,33 @@ class Experiment:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write(path, spec_as_yaml(self.spec))
 
+    def check_finished(self, rows: dict[str, dict]) -> None:
+        """Refuse to extend a table whose finished rows were trained with another fine-tuning config.
+
+        ``check_recipe`` compares preset *names*; this catches a preset whose *contents* changed
+        since (e.g. an edited ``finetune-cpu.yaml``), which would otherwise mix two recipes in one table.
+        """
+        runs = {r.run_id: r for r in self.plan.finetunes}
+        for run_id, row in rows.items():
+            if run_id not in runs or not row.get("config_hash"):
+                continue
+            cfg = self.finetune_config(runs[run_id])
+            if row["config_hash"] == config_hash(cfg):
+                continue
+            changed = ""
+            saved = self.finetune_dir(runs[run_id]) / "config.yaml"
+            if saved.is_file():
+                import yaml
+
+                old = _flatten(yaml.safe_load(saved.read_text()) or {})
+                new = _flatten(json.loads(json.dumps(to_dict(cfg), default=str)))  # tuples as lists, as YAML has them
+                keys = sorted(k for k in old.keys() | new.keys()
+                              if k.split(".")[0] not in RESUMABLE_CHANGES | PATH_FIELDS and old.get(k) != new.get(k))
+                changed = f" ({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys[:5])})" if keys else ""
+            raise ConfigError(f"{self.results_csv}: run {run_id} was trained with fine-tuning config {row['config_hash']}, "
+                              f"but preset {self.spec.finetune_preset!r} now gives {config_hash(cfg)}{changed}; "
+                              "use another --out for the new recipe, or restore the preset")
+
     def prepare_splits(self, progress: bool) -> None:
         if (self.out / "splits.json").is_file():
             return
@@ -186,6 +213,7 @@ class Experiment:
         self.prepare_splits(progress)
         self.prepare_cinc_store(progress)
         rows = self.finished_rows()
+        self.check_finished(rows)
         status = {r["id"]: r for r in self.status()}
         todo_s = sum(r["estimate_s"] for r in status.values() if r["status"] != "done")
         bar = tqdm(total=round(todo_s), desc=f"experiment {self.spec.name}", unit="est-s", disable=not progress,
@@ -272,6 +300,16 @@ class Experiment:
 
 #: fine-tuning settings that say where files are, not what was computed (the pre-training is named by pretrain_run)
 PATH_FIELDS = {"data", "splits", "init", "out"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def config_hash(cfg) -> str:
