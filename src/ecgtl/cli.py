@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("ecgtl.evaluate.commands", "score a model on a folder in the CinC 2017 layout"),
     "predict": ("ecgtl.evaluate.commands", "classify recordings (WFDB, CinC .mat, CSV, NumPy)"),
     "export": ("ecgtl.evaluate.commands", "export a model to ONNX, checked with onnxruntime"),
+    "ensemble": ("ecgtl.evaluate.ensemble", "save several fine-tuned models as one, with biases fitted on their average"),
     "experiment": ("ecgtl.experiments.runner", "run the study's grid (pretext x architecture x data x labels x rate x seeds), resumable"),
     "report": ("ecgtl.experiments.report", "Markdown + figures from an experiment's results table"),
     "pipeline": ("ecgtl.pipeline", "the main job: data -> the experiment grid -> its report (resumable)"),

@@ -29,6 +29,7 @@ __all__ = [
     "kfold_splits",
     "load_splits",
     "make_splits",
+    "read_record_list",
     "save_splits",
     "split_counts",
     "subset_labels",
@@ -263,3 +264,39 @@ def load_splits(
     if return_meta:
         return out, dict(doc.get("meta") or {})
     return out
+
+
+def read_record_list(spec: str | os.PathLike) -> list[str]:
+    """Record names from ``spec``: ``FILE.json:PART`` (a part -- ``train``, ``val`` or ``test`` -- of a split
+    file of :func:`save_splits`) or a text file of names, one per line (``RECORDS``' layout; ``#`` comments).
+
+    What ``ecgtl evaluate --records`` and ``ecgtl ensemble --records`` take, e.g.
+    ``runs/finetune/cpu/splits.json:test``. Raises :class:`~ecgtl.errors.ConfigError` naming the file
+    for a missing file, an unknown or empty part, repeated names or no names.
+    """
+    text = os.fspath(spec)
+    path, _, part = text.rpartition(":") if text.rsplit(":", 1)[-1] in SPLIT_KEYS else (text, "", "")
+    if not path:
+        raise ConfigError(f"{text}: give FILE.json:PART (PART one of {', '.join(SPLIT_KEYS)}) or a file of record names")
+    if part:
+        splits = load_splits(path)
+        names = list(splits[part])
+        if not names:
+            raise ConfigError(f"{path}: the split file's {part!r} part lists no record")
+        return names
+    if Path(path).suffix == ".json":
+        raise ConfigError(f"{path}: a split file needs its part: {path}:test (or :train, :val)")
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: record list not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable record list ({type(exc).__name__}: {exc})") from None
+    names = [ln.split("#", 1)[0].strip() for ln in lines]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError(f"{path}: lists no record name")
+    dup = sorted(n for n, c in collections.Counter(names).items() if c > 1)
+    if dup:
+        raise ConfigError(f"{path}: {len(dup)} record name(s) listed twice, e.g. {dup[:3]}")
+    return names

@@ -127,8 +127,11 @@ def _seen_records(splits_file: Path) -> set[str]:
 
 def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out: str | None = None, n_boot: int = 1000,
                  device: str = "auto", progress: bool = True, workers: int | str | None = "auto", batch_size: int | None = None,
-                 precision: str = "auto") -> dict:
-    """Score a model, or the ensemble of several (``checkpoint`` a list), on a CinC-layout folder.
+                 precision: str = "auto", records: str | None = None) -> dict:
+    """Score a model, or the ensemble of several (``checkpoint`` a list, or an ensemble file), on a CinC-layout folder.
+
+    ``records``: score only these records of the folder (``FILE.json:PART`` of a split file, or a file
+    of names: :func:`~ecgtl.data.splits.read_record_list`), e.g. a run's ``splits.json:test``.
 
     The report (also written as JSON) holds the metrics, a ``timing`` section
     (:class:`~ecgtl.evaluate.inference.InferenceTiming`: records/s, and the read / preprocess /
@@ -142,6 +145,15 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
     cinc = Cinc2017(data, labels=labels)
     if not cinc.labels:
         raise ConfigError(f"{data}: no label file (REFERENCE.csv or REFERENCE-v3.csv); use `ecgtl predict` for unlabelled data")
+    chosen = None
+    if records is not None:
+        from ecgtl.data.splits import read_record_list
+
+        chosen = read_record_list(records)
+        absent = sorted(set(chosen) - set(cinc.names))
+        if absent:
+            raise ConfigError(f"--records {records}: {len(absent)} of its {len(chosen)} records are not in {data}'s RECORDS, "
+                              f"e.g. {absent[:3]}")
     # The default output folder is unique per data folder (its name + a hash of its resolved path), so
     # two folders of the same name never share one; an ensemble's is in its first member's run folder,
     # named also by a hash of its members (never a single model's folder); a folder holding another
@@ -149,13 +161,19 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
     # checked now and again when writing.
     import hashlib
 
+    from ecgtl.evaluate.ensemble import expand_checkpoints
+
     data_path = str(Path(data).resolve())
-    cards = [find_card(c) for c in checkpoints]  # as given (the report's paths), resolved to compare
+    member_paths, ens_file = expand_checkpoints(checkpoints)
+    cards = [find_card(c) for c in member_paths]  # as given (the report's paths), resolved to compare
     members = [str(c.resolve()) for c in cards]
-    default_name = f"evaluate-{Path(data_path).name}-{hashlib.sha256(data_path.encode()).hexdigest()[:8]}"
-    if len(cards) > 1:
+    if ens_file is not None:  # an ensemble file is the model: its biases belong to it
+        members = [str(ens_file.path.resolve())]
+    what_data = data_path if records is None else f"{data_path} --records {records}"
+    default_name = f"evaluate-{Path(data_path).name}-{hashlib.sha256(what_data.encode()).hexdigest()[:8]}"
+    if len(cards) > 1 and ens_file is None:
         default_name = f"evaluate-ensemble-{_members_hash(cards)}-{default_name.removeprefix('evaluate-')}"
-    out_dir = Path(out) if out else cards[0].parent / default_name
+    out_dir = Path(out) if out else (ens_file.path.parent if ens_file else cards[0].parent) / default_name
 
     def check_out_dir() -> None:
         if out_dir.exists() and not out_dir.is_dir():
@@ -168,9 +186,11 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
         except (OSError, ValueError):
             old = None
         if isinstance(old, dict):
-            old_members = old["checkpoints"] if isinstance(old.get("checkpoints"), list) else [old.get("checkpoint", "")]
+            old_members = ([old["ensemble_file"]] if isinstance(old.get("ensemble_file"), str) else old["checkpoints"]
+                           if isinstance(old.get("checkpoints"), list) else [old.get("checkpoint", "")])
             same_model = [str(Path(str(c)).resolve()) for c in old_members] == members  # the same model(s), in order
             same_data = old["data"] == data_path if "data" in old else old.get("split") == f"folder {data}"
+            same_data = same_data and old.get("records") == records
             if same_model and same_data:
                 return  # the same evaluation again: its report is refreshed
             what = f"of {old.get('data') or old.get('split')} with {', '.join(map(str, old_members))}"
@@ -180,14 +200,15 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
                           "pass another --out, or move that folder away")
 
     check_out_dir()
-    names, label_names, probs, failures, timing = classify_folder(ens, cinc, progress=progress, workers=workers, check=False)
+    names, label_names, probs, failures, timing = classify_folder(ens, cinc, progress=progress, workers=workers, check=False,
+                                                                  names=chosen)
     for name, why in failures:
         print(f"skipped {name}: {why}")
     if not names:
         raise DataError(data, "no readable record")
     ens.check_probabilities(probs)  # non-finite output: the member that gave it is named
     y = np.array([CINC_CLASSES.index(lab) for lab in label_names])
-    report = classification_report(y, probs, n_boot=n_boot, split=f"folder {data}")
+    report = classification_report(y, probs, n_boot=n_boot, split=f"folder {data}" + (f", records {records}" if records else ""))
     member_info, seen_any, has_splits = [], set(), False
     for card_path, m in zip(cards, ens.members):
         info = {"card": str(card_path), "weights_sha256": m.card.get("weights_sha256")}
@@ -209,11 +230,15 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
     report["inference_records_per_s"] = timing.model_records_per_s  # the model stage, as fine-tuning's reports give it
     report["timing"] = timing.as_dict()
     report["skipped"] = [{"record": n, "error": e} for n, e in failures]
-    if len(cards) == 1:
+    if len(cards) == 1 and ens_file is None:
         report["checkpoint"] = str(cards[0])
     else:
         report["ensemble"] = (f"the mean of the class probabilities of {len(cards)} models, each with its own preprocessing "
-                              "and class_bias")
+                              "and class_bias" + (", then the ensemble file's class_bias" if ens.class_bias else ""))
+    if ens_file is not None:
+        report["ensemble_file"] = str(ens_file.path)
+        report["ensemble_class_bias"] = ens.class_bias
+    report["records"] = records  # None: every record of the folder
     report["checkpoints"] = [str(c) for c in cards]
     report["members"] = member_info
     report["label_file"] = str(cinc.label_file)  # which labels were scored: the folder's own, or the one given
@@ -237,10 +262,11 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
         # Both atomic (a crash or a full disk leaves the old file or the new one); the report last.
         write_predictions(out_dir / "predictions.csv", names, y, probs)
         atomic_write(out_dir / "report.json", json.dumps(report, indent=1))
-    if len(cards) == 1:
+    if len(cards) == 1 and ens_file is None:
         print(f"model: {cards[0]} (weights sha256 {member_info[0]['weights_sha256']})")
     else:
-        print(f"ensemble of {len(cards)} models (the mean of their class probabilities):")
+        print(f"ensemble {f'{ens_file.path} ' if ens_file else ''}of {len(cards)} models (the mean of their class probabilities"
+              + (f", then class biases {ens.class_bias}" if ens.class_bias else "") + "):")
         for info in member_info:
             print(f"  {info['card']} (weights sha256 {info['weights_sha256']})")
     print(format_report(report))
@@ -654,7 +680,8 @@ def _add_speed_options(p) -> None:
 #: The suffixes of recordings (``predict``): a value of ``--checkpoint`` with one of these, and those after it, are files.
 RECORDING_SUFFIXES = (".hea", ".dat", ".mat", ".csv", ".txt", ".npy")
 _CHECKPOINTS_HELP = ("model card (model.json), its run folder, or best.safetensors; several (--checkpoint A B, or "
-                     "--checkpoint A --checkpoint B): an ensemble, the mean of their class probabilities")
+                     "--checkpoint A --checkpoint B): an ensemble, the mean of their class probabilities; or, alone, an ensemble made "
+                     "by `ecgtl ensemble` (its folder or ensemble.json)")
 
 
 def _split_predict_arguments(checkpoints: list[str], files: list[str]) -> tuple[list[str], list[str]]:
@@ -682,8 +709,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% intervals")
     _add_speed_options(p)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--records", help="score only these records of --data: FILE.json:PART (train, val or test of a split "
+                   "file, e.g. a run's splits.json:test) or a file of record names, one per line")
     p.set_defaults(func=lambda a: 0 if run_evaluate(a.checkpoint, a.data, a.labels, a.out, a.bootstrap, a.device,
-                                                    not a.no_progress, a.workers, a.batch_size, a.precision) else 1)
+                                                    not a.no_progress, a.workers, a.batch_size, a.precision, a.records) else 1)
 
     p = subparsers.add_parser("predict")
     p.add_argument("files", nargs="*", help="recordings: record.hea, record.mat (+ .hea), file.csv, file.npy (best before "

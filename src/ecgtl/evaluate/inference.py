@@ -20,7 +20,8 @@ fine-tuning did.
 
 :class:`Ensemble` is several fine-tuned models used as one (``--checkpoint A B ...``: k-fold
 models, several seeds): each member keeps its own preprocessing, inputs and ``class_bias``,
-and the class probabilities of the members are averaged per record.
+and the class probabilities of the members are averaged per record; an ensemble file of ``ecgtl
+ensemble`` (:mod:`ecgtl.evaluate.ensemble`) names the members and adds biases fitted on their average.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def find_card(checkpoint: str | os.PathLike) -> Path:
     elif p.suffix == ".safetensors":
         p = p.with_name("model.json")
     if not p.is_file():
+        if (Path(checkpoint) / "ensemble.json").is_file():
+            raise ConfigError(f"{checkpoint}: an ensemble (ensemble.json), not one model; this command takes a model card")
         raise ConfigError(f"{checkpoint}: no model card (model.json) found")
     return p
 
@@ -546,7 +549,7 @@ class Ensemble:
     (:meth:`check_probabilities`).
     """
 
-    def __init__(self, members: Sequence[Classifier]):
+    def __init__(self, members: Sequence[Classifier], class_bias: Sequence[float] | None = None, source_file: Path | None = None):
         members = list(members)
         if not members:
             raise ConfigError("an ensemble needs at least one model: give one or more --checkpoint")
@@ -562,7 +565,11 @@ class Ensemble:
                 raise ConfigError(f"{m.card['_card_path']} has the classes {list(m.classes)} but "
                                   f"{first.card['_card_path']} has {list(first.classes)}: the probabilities of an ensemble's "
                                   "members are averaged class by class, so all need the same classes in the same order")
+        if class_bias is not None and len(class_bias) != len(first.classes):
+            raise ConfigError(f"{source_file or 'ensemble'}: class_bias has {len(class_bias)} values for {len(first.classes)} classes")
         self.members = members
+        self.class_bias = None if class_bias is None else [float(b) for b in class_bias]
+        self.source_file = source_file  # the ensemble file (ecgtl.evaluate.ensemble) it was loaded from, if any
         self.classes = first.classes
         self.device = first.device
         self.preparations: list[Preparation] = []
@@ -580,11 +587,16 @@ class Ensemble:
              batch_size: int | None = None, precision: str = "auto", conv_layout: str = "auto") -> Ensemble:
         """The ensemble of ``checkpoints`` (cards, run folders or weights files; one path: a one-member ensemble).
 
-        Duplicates are refused before any weights are read.
+        An ensemble file (``ensemble.json`` of ``ecgtl ensemble``, or its folder) given alone stands for
+        its members, with its ``class_bias`` applied to their average. Duplicates are refused before
+        any weights are read.
         """
+        from ecgtl.evaluate.ensemble import expand_checkpoints
+
         paths = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
         if not paths:
             raise ConfigError("an ensemble needs at least one model: give one or more --checkpoint")
+        paths, ens_file = expand_checkpoints([os.fspath(p) for p in paths])
         cards: dict[str, str | os.PathLike] = {}
         for c in paths:
             key = str(find_card(c).resolve())
@@ -592,7 +604,8 @@ class Ensemble:
                 raise ConfigError(f"{c}: the same model as {cards[key]} (card {key}); give each checkpoint once")
             cards[key] = c
         return cls([Classifier(c, device=device, batch_size=batch_size, precision=precision, conv_layout=conv_layout)
-                    for c in paths])
+                    for c in paths], class_bias=ens_file.class_bias if ens_file else None,
+                   source_file=ens_file.path if ens_file else None)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -604,7 +617,9 @@ class Ensemble:
 
     @property
     def source(self) -> str:
-        """What errors name: the card of a one-member ensemble, else the ensemble and its members' cards."""
+        """What errors name: the card of a one-member ensemble, else the ensemble (its file) and its members' cards."""
+        if self.source_file is not None:
+            return f"ensemble {self.source_file} of {len(self.members)} models ({', '.join(map(str, self.cards))})"
         if len(self.members) == 1:
             return self.members[0].card["_card_path"]
         return f"ensemble of {len(self.members)} models ({', '.join(map(str, self.cards))})"
@@ -633,7 +648,7 @@ class Ensemble:
         """
         per = [m.probabilities(r, check=check) for m, r in zip(self.members, runners)]
         self.last_member_probabilities = per
-        return self.combine(per)
+        return biased_probabilities(self.combine(per), self.class_bias)  # the ensemble file's biases, if any
 
     @staticmethod
     def combine(per_member: Sequence[np.ndarray]) -> np.ndarray:
