@@ -1,0 +1,152 @@
+"""The cpu recipe's seed ensemble (issue 8): chosen on the selection split, then the test split scored once.
+
+    python scripts/recipe_ablation.py --only full --seeds 0,1,2,3,4     # the members: the cpu preset, 5 seeds
+    python scripts/cpu_ensemble.py                                       # validation table + ensemble.json
+    python scripts/cpu_ensemble.py --score-test                          # then, once: the standard test split
+
+Protocol (fixed before any test record was scored): the members are the ``cpu`` fine-tuning
+preset as it is (30 epochs) trained with seeds 0-4 on the selection split of
+``scripts/recipe_ablation.py`` (4,638 training / 1,160 validation records, none of the 1,450 test
+records of the standard split). On validation only, the table gives the macro-F1 of the first
+k members averaged (k = 1..5), without and with class biases fitted on the average (the honest
+figure: 2-fold cross-fitted, 20 repeats; :mod:`ecgtl.evaluate.ensemble`). The model is the
+5-member ensemble made by ``ecgtl ensemble --calibrate`` (biases kept only if cross-fitting
+says they help). ``--score-test`` then scores that model -- and, for reference only, each member
+-- on the standard split's test records (``make_splits`` seed 0, as ``ecgtl finetune`` makes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ecgtl.constants import CINC_CLASSES
+from ecgtl.data.cinc2017 import find_label_file, read_labels
+from ecgtl.data.splits import load_splits, make_splits, save_splits
+from ecgtl.evaluate.calibration import fit_class_bias
+from ecgtl.evaluate.ensemble import CROSS_FIT_REPEATS, cross_fitted_bias_f1, run_ensemble
+from ecgtl.evaluate.metrics import macro_f1
+from ecgtl.fileio import atomic_write
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def read_val_predictions(run: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A member's validation predictions (``predictions_val.csv`` of ``ecgtl finetune``): names, labels, probabilities."""
+    with open(run / "predictions_val.csv", newline="") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: r["record"])
+    y = np.array([CINC_CLASSES.index(r["label"]) for r in rows])
+    probs = np.array([[float(r[f"p_{c}"]) for c in CINC_CLASSES] for r in rows])
+    return [r["record"] for r in rows], y, probs
+
+
+def validation_table(runs: list[Path], out: Path, variant: str = "full") -> list[dict]:
+    members = [read_val_predictions(r) for r in runs]
+    names, y, _ = members[0]
+    if any(m[0] != names for m in members):
+        raise SystemExit("the members were validated on different records: not one selection split")
+    rows = []
+    for k in range(1, len(runs) + 1):
+        probs = np.mean([m[2] for m in members[:k]], axis=0)
+        plain = macro_f1(y, probs.argmax(1), len(CINC_CLASSES))
+        bias, fitted = fit_class_bias(probs, y)
+        cross, cross_sd = cross_fitted_bias_f1(probs, y)
+        rows.append({"members": k, "seeds": ",".join(r.name.rsplit("seed", 1)[-1] for r in runs[:k]),
+                     "val_macro_f1": round(plain, 4), "val_macro_f1_biases_cross_fitted": round(cross, 4),
+                     "cross_fitted_std": round(cross_sd, 4), "val_macro_f1_biases_fitted_here": round(fitted, 4),
+                     "bias_N_A_O_noisy": " ".join(f"{b:+.1f}" for b in bias),
+                     "member_val_macro_f1": round(macro_f1(y, members[k - 1][2].argmax(1), len(CINC_CLASSES)), 4)})
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(out / "ensemble.csv", text.getvalue())
+    what = "the cpu preset as it is (30 epochs)" if variant == "full" else f"variant `{variant}`"
+    lines = [f"Seed ensembles of {what} (members from `scripts/recipe_ablation.py`), validation records of the selection split (n = {len(y)}). "
+             f"*Cross-fitted*: biases fitted on one stratified half, scored on the other ({CROSS_FIT_REPEATS} repeats, "
+             "mean +- std); *fitted here*: fitted and scored on the same records (optimistic, shown for contrast).", "",
+             "| members (seeds) | member k alone | ensemble val macro-F1 | + biases, cross-fitted | + biases, fitted here |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['members']} ({r['seeds']}) | {r['member_val_macro_f1']:.4f} | {r['val_macro_f1']:.4f} | "
+                     f"{r['val_macro_f1_biases_cross_fitted']:.4f} +- {r['cross_fitted_std']:.4f} | "
+                     f"{r['val_macro_f1_biases_fitted_here']:.4f} |")
+    atomic_write(out / "ensemble.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+def standard_splits(data: Path, runs: Path) -> Path:
+    """The standard split (``ecgtl finetune``'s default: stratified 80/20 + 5% validation, seed 0), saved once."""
+    path = runs / "standard-splits.json"
+    if not path.is_file():
+        labels = read_labels(find_label_file(data))
+        names = sorted(labels)
+        save_splits(path, make_splits(names, [labels[n] for n in names], test_fraction=0.2, val_fraction=0.05, seed=0),
+                    seed=0, test_fraction=0.2, val_fraction=0.05, note="the standard split, as ecgtl finetune makes it")
+    return path
+
+
+def score_test(ensemble: Path, runs: list[Path], data: Path, splits: Path, out: Path) -> dict:
+    from ecgtl.evaluate.commands import run_evaluate
+
+    selection = load_splits(runs[0] / "splits.json")
+    test = set(load_splits(splits)["test"])
+    if test & (set(selection["train"]) | set(selection["val"])):
+        raise SystemExit(f"{splits}: its test records overlap the selection split: not the standard split")
+    report = run_evaluate(str(ensemble), str(data), out=str(ensemble / "evaluate-test"), n_boot=1000, progress=False,
+                          records=f"{splits}:test")
+    with open(ensemble / "evaluate-test" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    y = np.array([CINC_CLASSES.index(r["label"]) for r in rows])
+    members = []
+    for run in runs:  # for reference: each member alone on the same records (its own run folder's evaluation)
+        rep = run_evaluate(str(run), str(data), out=str(run / "evaluate-test"), n_boot=1000, progress=False,
+                           records=f"{splits}:test")
+        members.append({"run": run.name, "macro_f1": rep["macro_f1"], "macro_f1_ci": rep["macro_f1_ci"],
+                        "challenge_f1": rep["challenge_f1"]})
+    summary = {"model": f"{ensemble}/ensemble.json", "test_records": int(len(y)), "split": str(splits),
+               "macro_f1": report["macro_f1"], "macro_f1_ci": report["macro_f1_ci"], "challenge_f1": report["challenge_f1"],
+               "challenge_f1_ci": report["challenge_f1_ci"], "f1": report["f1"], "auroc": report["auroc"],
+               "ensemble_class_bias": report.get("ensemble_class_bias"), "members_alone": members,
+               "note": "scored once, after the model was fixed on validation; members alone are for reference, not choice"}
+    atomic_write(out / "test-score.json", json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="runs/recipe-ablation")
+    ap.add_argument("--variant", default="full", help="the members' variant name in the ablation's run folder")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--data", default="data/raw/challenge-2017/1.0.0/training2017")
+    ap.add_argument("--report", default=str(HERE / "reports" / "recipe-ablation"))
+    ap.add_argument("--score-test", action="store_true", help="score the ensemble on the standard test split (do it once)")
+    args = ap.parse_args()
+    runs_dir, out = Path(args.runs), Path(args.report)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [runs_dir / f"{args.variant}-seed{s}" for s in args.seeds.split(",")]
+    missing = [r for r in runs if not (r / "results.json").is_file()]
+    if missing:
+        raise SystemExit(f"members not trained yet: {', '.join(map(str, missing))} (python scripts/recipe_ablation.py "
+                         f"--only {args.variant} --seeds {args.seeds})")
+    validation_table(runs, out, args.variant)
+    ensemble = runs_dir / f"ensemble-{args.variant}"
+    run_ensemble([str(r) for r in runs], ensemble, data=args.data, calibrate=True, progress=False)
+    doc = json.loads((ensemble / "ensemble.json").read_text())  # the record (the model itself stays in its run folder)
+    atomic_write(out / "ensemble-validation.json", json.dumps({k: doc[k] for k in ("class_bias", "members", "validation")}
+                                                              | {"ensemble_file": str(ensemble / "ensemble.json")}, indent=1) + "\n")
+    if args.score_test:
+        score_test(ensemble, runs, Path(args.data), standard_splits(Path(args.data), runs_dir), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
