@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ecgtl.errors import ConfigError
-from ecgtl.fileio import atomic_write
+from ecgtl.fileio import atomic_write, read_format_json
 
 __all__ = [
     "SPLIT_KEYS",
@@ -238,16 +238,7 @@ def load_splits(
     """
     path = Path(path)
     where = os.fspath(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: split file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{where}: unreadable split file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("splits"), dict):
-        raise ConfigError(f"{where}: not an ecgtl split file (expected a JSON object with format {FORMAT!r} and 'splits')")
-    if doc.get("version") != FORMAT_VERSION:
-        raise ConfigError(f"{where}: unsupported split file version {doc.get('version')!r} (expected {FORMAT_VERSION})")
+    doc = read_format_json(path, "split file", FORMAT, FORMAT_VERSION, "splits", dict)
     splits = doc["splits"]
     _validate(splits, where)
     counts = doc.get("counts") or {}

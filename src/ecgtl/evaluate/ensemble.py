@@ -22,7 +22,6 @@ estimate beats the uncalibrated ensemble's macro-F1 on the same records; the fil
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgtl.errors import ConfigError
+from ecgtl.fileio import read_format_json
 
 __all__ = ["ENSEMBLE_FILE", "EnsembleFile", "cross_fitted_bias_f1", "expand_checkpoints", "read_ensemble", "run_ensemble"]
 
@@ -57,30 +57,13 @@ def ensemble_path(checkpoint: str | os.PathLike) -> Path | None:
     return p if p.name == ENSEMBLE_FILE and p.is_file() else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_ensemble(path: str | os.PathLike) -> EnsembleFile:
     """Read ``path`` (an ensemble file or its folder) and check it: format, members present and unchanged, biases.
 
     Raises :class:`~ecgtl.errors.ConfigError` naming the file and the problem.
     """
     path = ensemble_path(path) or Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: ensemble file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable ensemble file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("members"), list):
-        raise ConfigError(f"{path}: not an ecgtl ensemble file (expected a JSON object with format {FORMAT!r} and 'members')")
-    if doc.get("version") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: unsupported ensemble file version {doc.get('version')!r} (expected {FORMAT_VERSION})")
+    doc = read_format_json(path, "ensemble file", FORMAT, FORMAT_VERSION, "members", list)
     if not doc["members"]:
         raise ConfigError(f"{path}: the ensemble lists no member")
     members = []
