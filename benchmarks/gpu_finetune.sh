@@ -5,6 +5,7 @@
 # inference benchmark on the real records.
 #
 #   bash benchmarks/gpu_finetune.sh OUT_DIR [CARRY_DIR] [SEEDS] [EPOCHS]    # SMOKE=1: 1 epoch, 2 variants, CPU
+#   ENSEMBLE=auto bash benchmarks/gpu_finetune.sh ...   # then 5 seeds of the best variant, ensembled, test scored once
 #
 # CARRY_DIR (default gpucarry/) holds whl/ (the wfdb wheel, as for gpu_session.sh), cinc/ (CinC 2017
 # packed by ../shared/tools/cinc_pack.py), cinc_pack.py itself, and selection-splits.json (the
@@ -34,6 +35,25 @@ for name in $NAMES; do
 done
 wait
 $PY scripts/recipe_ablation.py --variants $VARIANTS --seeds "$SEEDS" --data "$REC" --runs "$RUNS" --report "$OUT/table" $EXTRA --table-only
+# ENSEMBLE=auto (or a variant name): 5 seeds of the variant with the best validation macro-F1 in the
+# table just made, side by side, then scripts/seed_ensemble.py: the ensemble's validation table, its
+# ensemble.json (biases if cross-fitting says so) and ONE scoring of the standard test split.
+if [ -n "${ENSEMBLE:-}" ]; then
+    BEST=$ENSEMBLE
+    if [ "$BEST" = auto ]; then
+        BEST=$($PY -c "import csv,statistics as s,collections as c; d=c.defaultdict(list)
+for r in csv.DictReader(open('$OUT/table/ablation.csv')): d[r['variant']].append(float(r['val_macro_f1']))
+print(max(d, key=lambda k: s.mean(d[k])))")
+    fi
+    echo "ensemble of variant $BEST (seeds 0-4)"
+    for seed in 0 1 2 3 4; do
+        ( timeout ${LIMIT:-330} $PY scripts/recipe_ablation.py --variants $VARIANTS --only "$BEST" --seeds $seed \
+            --data "$REC" --runs "$RUNS" --report "$OUT/table-seed$seed" $EXTRA > "$OUT/log-ens-$seed.txt" 2>&1 ) &
+    done
+    wait
+    timeout 240 $PY scripts/seed_ensemble.py --runs "$RUNS" --variant "$BEST" --data "$REC" --report "$OUT/ensemble" \
+        --score-test 2>&1 | tail -30
+fi
 # every run's metrics (partial ones too), results and config, in one file
 (cd "$RUNS" && tar czf "$OUT/runs.tgz" */metrics.csv */results.json */config.yaml 2>/dev/null)
 cat "$OUT"/log-*.txt | tail -40 > "$OUT/logs.txt"; rm -f "$OUT"/log-*.txt

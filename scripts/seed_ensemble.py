@@ -1,18 +1,20 @@
-"""The cpu recipe's seed ensemble (issue 8): chosen on the selection split, then the test split scored once.
+"""A seed ensemble of one recipe (issue 8): chosen on the selection split, then the test split scored once.
 
     python scripts/recipe_ablation.py --only full --seeds 0,1,2,3,4     # the members: the cpu preset, 5 seeds
-    python scripts/cpu_ensemble.py                                       # validation table + ensemble.json
-    python scripts/cpu_ensemble.py --score-test                          # then, once: the standard test split
+    python scripts/seed_ensemble.py                                      # validation table + ensemble.json
+    python scripts/seed_ensemble.py --score-test                         # then, once: the standard test split
 
-Protocol (fixed before any test record was scored): the members are the ``cpu`` fine-tuning
-preset as it is (30 epochs) trained with seeds 0-4 on the selection split of
-``scripts/recipe_ablation.py`` (4,638 training / 1,160 validation records, none of the 1,450 test
-records of the standard split). On validation only, the table gives the macro-F1 of the first
-k members averaged (k = 1..5), without and with class biases fitted on the average (the honest
-figure: 2-fold cross-fitted, 20 repeats; :mod:`ecgtl.evaluate.ensemble`). The model is the
-5-member ensemble made by ``ecgtl ensemble --calibrate`` (biases kept only if cross-fitting
-says they help). ``--score-test`` then scores that model -- and, for reference only, each member
--- on the standard split's test records (``make_splits`` seed 0, as ``ecgtl finetune`` makes it).
+Protocol (fixed before any test record was scored): the members are one variant of
+``scripts/recipe_ablation.py`` (default ``full``: the ``cpu`` fine-tuning preset as it is, 30
+epochs) trained with seeds 0-4 on its selection split (4,638 training / 1,160 validation
+records, none of the 1,450 test records of the standard split). On validation only, the table
+gives the macro-F1 of the first k members averaged (k = 1..5), without and with class biases
+fitted on the average (the honest figure: 2-fold cross-fitted, 20 repeats;
+:mod:`ecgtl.evaluate.ensemble`). The model is the 5-member ensemble made by ``ecgtl ensemble
+--calibrate`` (biases kept only if cross-fitting says they help). ``--score-test`` then scores
+that model -- and, for reference only, each member -- on the standard split's test records
+(``make_splits`` seed 0, as ``ecgtl finetune`` makes it). ``benchmarks/gpu_finetune.sh`` runs the
+same on a GPU for the full-width variants.
 """
 
 from __future__ import annotations
