@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgtl.errors import ConfigError
+from ecgtl.errors import ConfigError, DataError
 from ecgtl.fileio import read_format_json
 
 __all__ = ["ENSEMBLE_FILE", "EnsembleFile", "cross_fitted_bias_f1", "expand_checkpoints", "read_ensemble", "run_ensemble"]
@@ -214,12 +214,16 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
         raise ConfigError(f"{len(trained)} of the {len(names)} calibration records were in a member's training split "
                           f"(e.g. {trained[:3]}): calibrate on records no member trained on (their common val split)")
     cinc = Cinc2017(data, labels=labels)
+    if not cinc.labels:
+        raise ConfigError(f"{data}: no label file (REFERENCE.csv or REFERENCE-v3.csv): calibration needs labelled records")
     missing = sorted(set(names) - set(cinc.names))
     if missing:
         raise ConfigError(f"{data}: {len(missing)} of the calibration records are not in this folder, e.g. {missing[:3]}")
     kept, label_names, probs, failures, _ = classify_folder(ens, cinc, progress=progress, workers=workers, names=names)
     for name, why in failures:
         print(f"skipped {name}: {why}")
+    if not kept:
+        raise DataError(data, "no readable validation record")
     y = np.array([CINC_CLASSES.index(lab) for lab in label_names])
     plain = classification_report(y, probs, n_boot=0, split="validation")
     member_f1 = [classification_report(y, p, n_boot=0)["macro_f1"] for p in ens.last_member_probabilities]
