@@ -236,3 +236,7 @@ def test_a_table_trained_with_an_edited_preset_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=rf"results\.csv: run {run.run_id} was trained with fine-tuning config 0123456789ab, "
                                           r"but preset 'cpu' now gives [0-9a-f]{12} \(optim\.lr: 0\.123 -> .*optim\.weight_decay"):
         exp.check_finished(exp.finished_rows())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="was trained with fine-tuning config 0123456789ab"):
+        exp.run(progress=False)  # the grid refuses before it writes or reads anything
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

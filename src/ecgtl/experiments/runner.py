@@ -209,11 +209,11 @@ class Experiment:
         from ecgtl.train.finetune import run_finetune
         from ecgtl.train.pretrain import run_pretrain
 
+        rows = self.finished_rows()
+        self.check_finished(rows)  # first: a refused rerun writes nothing
         self.check_recipe()
         self.prepare_splits(progress)
         self.prepare_cinc_store(progress)
-        rows = self.finished_rows()
-        self.check_finished(rows)
         status = {r["id"]: r for r in self.status()}
         todo_s = sum(r["estimate_s"] for r in status.values() if r["status"] != "done")
         bar = tqdm(total=round(todo_s), desc=f"experiment {self.spec.name}", unit="est-s", disable=not progress,
