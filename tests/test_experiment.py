@@ -221,7 +221,7 @@ def test_a_table_trained_with_an_edited_preset_is_refused(tmp_path):
     from ecgtl.experiments.results import write_results
     from ecgtl.experiments.runner import Experiment, config_hash
 
-    exp = Experiment(load_spec("quick"), tmp_path)
+    exp = Experiment(load_spec("quick"), tmp_path, data=str(tmp_path / "no-cinc-here"), store=str(tmp_path / "no-store"))
     run = exp.plan.finetunes[0]
     cfg = exp.finetune_config(run)
     row = {"run_id": run.run_id, "pretext": run.pretext, "test_macro_f1": 0.5, "config_hash": config_hash(cfg)}
