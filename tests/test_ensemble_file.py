@@ -54,6 +54,9 @@ def test_record_lists_from_a_split_part_or_a_names_file(tmp_path):
     (tmp_path / "twice.txt").write_text("A1\nA2\nA1\n")
     with pytest.raises(ConfigError, match=r"twice\.txt: 1 record name\(s\) listed twice, e.g. \['A1'\]"):
         read_record_list(tmp_path / "twice.txt")
+    (tmp_path / "test").write_text("A09\n")  # a names file called like a part, or ending in one, is a names file
+    (tmp_path / "x:val").write_text("A10\n")
+    assert read_record_list(tmp_path / "test") == ["A09"] and read_record_list(tmp_path / "x:val") == ["A10"]
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ConfigError, match=r"empty\.txt: lists no record name"):
         read_record_list(tmp_path / "empty.txt")
@@ -105,6 +108,10 @@ def test_ensemble_file_is_the_biased_mean_of_its_members(setup, tmp_path, capsys
         np.testing.assert_allclose(got[name], biased_probabilities(mean[name][None], bias)[0], atol=2e-6)
     assert ens_report["ensemble_file"].endswith("ensemble.json") and ens_report["ensemble_class_bias"] == bias
     assert ens_report["records_seen_in_training_or_validation"] == N_RECORDS and mean_report.get("ensemble_file") is None
+    assert read_ensemble(out).validation_records == sorted(setup["names"][8:])  # counted as seen when scored
+    capsys.readouterr()
+    run_evaluate(str(out), str(data), n_boot=0, progress=False, workers=0, out=str(tmp_path / "e3"))
+    assert "are the validation records of" in capsys.readouterr().out
 
     # predict takes it too, with the same probabilities
     record = data / f"{setup['names'][0]}.hea"
@@ -130,6 +137,10 @@ def test_evaluate_records_scores_only_those_in_their_own_folder(setup, tmp_path)
                  records=f"{tmp_path / 's.json'}:test")
     with pytest.raises(ConfigError, match="already holds the report of another evaluation"):  # same --out, other records
         run_evaluate(str(run), str(data), n_boot=0, progress=False, workers=0, out=str(tmp_path / "o"))
+    # the same --records text naming other records (the split file made again): another evaluation, another folder
+    save_splits(tmp_path / "s.json", {"train": names[:18], "val": [], "test": names[18:]}, seed=0)
+    again = run_evaluate(str(run), str(data), n_boot=0, progress=False, workers=0, records=f"{tmp_path / 's.json'}:test")
+    assert again["n"] == 6 and len(list(run.glob("evaluate-*"))) == 3
 
 
 def test_what_an_ensemble_file_refuses(setup, tmp_path):
@@ -148,6 +159,12 @@ def test_what_an_ensemble_file_refuses(setup, tmp_path):
     (tmp_path / "some.txt").write_text("\n".join([names[0], names[1], names[10]]) + "\n")
     with pytest.raises(ConfigError, match=r"2 of the 3 calibration records were in a member's training split"):
         run_ensemble([str(r) for r in runs[:2]], tmp_path / "e2", records=str(tmp_path / "some.txt"), progress=False, workers=0)
+    tested = _card(tmp_path / "tested", seed=21)  # calibrating on a member's test records is refused too
+    save_splits(tested / "splits.json", {"train": names[:8], "val": names[8:20], "test": names[20:]}, seed=0)
+    (tmp_path / "late.txt").write_text("\n".join(names[18:]) + "\n")
+    with pytest.raises(ConfigError, match=r"4 of the 6 calibration records were in a member's test split"):
+        run_ensemble([str(runs[0]), str(tested)], tmp_path / "e4", data=str(data), records=str(tmp_path / "late.txt"),
+                     progress=False, workers=0)
     other = _card(tmp_path / "other", seed=20)
     save_splits(other / "splits.json", {"train": names[:10], "val": names[10:], "test": []}, seed=0)
     with pytest.raises(ConfigError, match=r"other/splits\.json: this member was validated on other records than"):
@@ -160,6 +177,11 @@ def test_what_an_ensemble_file_refuses(setup, tmp_path):
     with pytest.raises(ConfigError, match=r"ensemble\.json: member #1 \(.*run1/model\.json\) has other weights than when "
                                           r"the ensemble was made"):
         Ensemble.load(str(out))
+    card = json.loads((runs[1] / "model.json").read_text())  # a member's card edited (not retrained)
+    doc["members"][1]["weights_sha256"] = card["weights_sha256"]
+    (out / "ensemble.json").write_text(json.dumps(dict(doc, members=[doc["members"][0], dict(doc["members"][1], card_sha256="f" * 64)])))
+    with pytest.raises(ConfigError, match=r"member #1's model card .*run1/model\.json changed since the ensemble was made"):
+        read_ensemble(out)
     for bad, message in [({"format": "x"}, "not an ecgtl ensemble file"), (dict(doc, version=9), "unsupported ensemble file version 9"),
                          (dict(doc, members=[]), "lists no member"),
                          (dict(json.loads(json.dumps(doc)), class_bias=[0, 1]), "class_bias must be null or 4 finite numbers")]:

@@ -228,9 +228,18 @@ def test_a_table_trained_with_an_edited_preset_is_refused(tmp_path):
     write_results(exp.results_csv, [row])
     exp.check_finished(exp.finished_rows())  # the same config: fine
 
+    # a row written before a setting existed (its hash without it; its config.yaml lacks it): at the default, accepted
+    import json as _json
+
+    older = _json.loads(_json.dumps(to_dict(cfg), default=str))
+    del older["pooling"]
+    exp.finetune_dir(run).mkdir(parents=True)
+    (exp.finetune_dir(run) / "config.yaml").write_text(yaml.safe_dump(older))
+    write_results(exp.results_csv, [dict(row, config_hash="444797304906")])
+    exp.check_finished(exp.finished_rows())
+
     saved = to_dict(cfg)  # as if trained with another learning rate and weight decay
     saved["optim"]["lr"], saved["optim"]["weight_decay"] = 0.123, 0.5
-    exp.finetune_dir(run).mkdir(parents=True)
     (exp.finetune_dir(run) / "config.yaml").write_text(yaml.safe_dump(saved))
     write_results(exp.results_csv, [dict(row, config_hash="0123456789ab")])
     with pytest.raises(ConfigError, match=rf"results\.csv: run {run.run_id} was trained with fine-tuning config 0123456789ab, "

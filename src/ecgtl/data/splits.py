@@ -30,6 +30,7 @@ __all__ = [
     "load_splits",
     "make_splits",
     "read_record_list",
+    "record_list_source",
     "save_splits",
     "split_counts",
     "subset_labels",
@@ -257,6 +258,16 @@ def load_splits(
     return out
 
 
+def record_list_source(spec: str | os.PathLike) -> tuple[str, str]:
+    """``(file, part)`` of a record list ``spec``: ``("s.json", "test")`` for ``s.json:test``, ``(file, "")`` for a
+    names file (also one whose own name ends in ``:test``, or is called ``test``, when that file exists)."""
+    text = os.fspath(spec)
+    head, sep, tail = text.rpartition(":")
+    if sep and tail in SPLIT_KEYS and head and not Path(text).is_file():
+        return head, tail
+    return text, ""
+
+
 def read_record_list(spec: str | os.PathLike) -> list[str]:
     """Record names from ``spec``: ``FILE.json:PART`` (a part -- ``train``, ``val`` or ``test`` -- of a split
     file of :func:`save_splits`) or a text file of names, one per line (``RECORDS``' layout; ``#`` comments).
@@ -265,10 +276,7 @@ def read_record_list(spec: str | os.PathLike) -> list[str]:
     ``runs/finetune/cpu/splits.json:test``. Raises :class:`~ecgtl.errors.ConfigError` naming the file
     for a missing file, an unknown or empty part, repeated names or no names.
     """
-    text = os.fspath(spec)
-    path, _, part = text.rpartition(":") if text.rsplit(":", 1)[-1] in SPLIT_KEYS else (text, "", "")
-    if not path:
-        raise ConfigError(f"{text}: give FILE.json:PART (PART one of {', '.join(SPLIT_KEYS)}) or a file of record names")
+    path, part = record_list_source(spec)
     if part:
         splits = load_splits(path)
         names = list(splits[part])

@@ -138,6 +138,8 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
     model seconds), ``checkpoints`` and ``members`` (each card with its ``weights_sha256`` and
     ``card_sha256``), and for one model ``checkpoint`` as before.
     """
+    import hashlib
+
     checkpoints = checkpoint_list(checkpoint)
     if workers != 0:
         start_pool_server(PRELOAD_CINC)  # its imports run while the model loads and CUDA starts
@@ -145,11 +147,14 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
     cinc = Cinc2017(data, labels=labels)
     if not cinc.labels:
         raise ConfigError(f"{data}: no label file (REFERENCE.csv or REFERENCE-v3.csv); use `ecgtl predict` for unlabelled data")
-    chosen = None
+    chosen = records_id = None
     if records is not None:
-        from ecgtl.data.splits import read_record_list
+        from ecgtl.data.splits import read_record_list, record_list_source
 
         chosen = read_record_list(records)
+        source, part = record_list_source(records)  # the identity: the resolved file, its part and the names it gave
+        records_id = (f"{Path(source).resolve()}{':' + part if part else ''}#"
+                      f"{hashlib.sha256(chr(10).join(sorted(chosen)).encode()).hexdigest()[:12]}")
         absent = sorted(set(chosen) - set(cinc.names))
         if absent:
             raise ConfigError(f"--records {records}: {len(absent)} of its {len(chosen)} records are not in {data}'s RECORDS, "
@@ -159,8 +164,6 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
     # named also by a hash of its members (never a single model's folder); a folder holding another
     # evaluation's report (of other data or another model or ensemble) is refused, never overwritten:
     # checked now and again when writing.
-    import hashlib
-
     from ecgtl.evaluate.ensemble import expand_checkpoints
 
     data_path = str(Path(data).resolve())
@@ -169,7 +172,7 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
     members = [str(c.resolve()) for c in cards]
     if ens_file is not None:  # an ensemble file is the model: its biases belong to it
         members = [str(ens_file.path.resolve())]
-    what_data = data_path if records is None else f"{data_path} --records {records}"
+    what_data = data_path if records is None else f"{data_path} --records {records_id}"
     default_name = f"evaluate-{Path(data_path).name}-{hashlib.sha256(what_data.encode()).hexdigest()[:8]}"
     if len(cards) > 1 and ens_file is None:
         default_name = f"evaluate-ensemble-{_members_hash(cards)}-{default_name.removeprefix('evaluate-')}"
@@ -190,7 +193,7 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
                            if isinstance(old.get("checkpoints"), list) else [old.get("checkpoint", "")])
             same_model = [str(Path(str(c)).resolve()) for c in old_members] == members  # the same model(s), in order
             same_data = old["data"] == data_path if "data" in old else old.get("split") == f"folder {data}"
-            same_data = same_data and old.get("records") == records
+            same_data = same_data and old.get("records_id") == records_id
             if same_model and same_data:
                 return  # the same evaluation again: its report is refreshed
             what = f"of {old.get('data') or old.get('split')} with {', '.join(map(str, old_members))}"
@@ -225,6 +228,13 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
                 print(f"warning: {len(overlap)} of {len(names)} records were in this model's training or validation split "
                       f"({splits_file}), e.g. {overlap[:3]}: the score is optimistic")
         member_info.append(info)
+    if ens_file is not None and ens_file.validation_records:  # the ensemble file's own choices were made on these
+        overlap = sorted(set(ens_file.validation_records) & set(names))
+        seen_any.update(overlap)
+        has_splits = True
+        if overlap:
+            print(f"warning: {len(overlap)} of {len(names)} records are the validation records of {ens_file.path} "
+                  f"(its class biases were fitted on them), e.g. {overlap[:3]}: the score is optimistic")
     if has_splits:  # for an ensemble: the records any member saw
         report["records_seen_in_training_or_validation"] = len(seen_any)
     report["inference_records_per_s"] = timing.model_records_per_s  # the model stage, as fine-tuning's reports give it
@@ -239,6 +249,7 @@ def run_evaluate(checkpoint: str | list[str], data: str, labels: str = "v3", out
         report["ensemble_file"] = str(ens_file.path)
         report["ensemble_class_bias"] = ens.class_bias
     report["records"] = records  # None: every record of the folder
+    report["records_id"] = records_id  # the resolved list file, its part and a hash of the names scored
     report["checkpoints"] = [str(c) for c in cards]
     report["members"] = member_info
     report["label_file"] = str(cinc.label_file)  # which labels were scored: the folder's own, or the one given

@@ -47,6 +47,7 @@ class EnsembleFile:
     path: Path
     members: list[Path]
     class_bias: list[float] | None
+    validation_records: list[str]  # the records it was validated (and calibrated) on: optimistic to score there
 
 
 def ensemble_path(checkpoint: str | os.PathLike) -> Path | None:
@@ -74,13 +75,16 @@ def read_ensemble(path: str | os.PathLike) -> EnsembleFile:
         if not card.is_file():
             raise ConfigError(f"{path}: member #{i}'s model card {card} is missing")
         try:
-            got = json.loads(card.read_text()).get("weights_sha256")
+            got = json.loads(card.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: member #{i}'s model card {card} is unreadable ({exc})") from None
-        if got != m["weights_sha256"]:
+        if got.get("weights_sha256") != m["weights_sha256"]:
             raise ConfigError(f"{path}: member #{i} ({card}) has other weights than when the ensemble was made "
-                              f"(weights sha256 {str(got)[:12]}..., the ensemble file says {m['weights_sha256'][:12]}...): "
-                              "it was retrained or replaced; make the ensemble again")
+                              f"(weights sha256 {str(got.get('weights_sha256'))[:12]}..., the ensemble file says "
+                              f"{m['weights_sha256'][:12]}...): it was retrained or replaced; make the ensemble again")
+        if m.get("card_sha256") and got.get("card_sha256") != m["card_sha256"]:
+            raise ConfigError(f"{path}: member #{i}'s model card {card} changed since the ensemble was made (its "
+                              "preprocessing or class_bias may differ); make the ensemble again")
         members.append(card)
     bias = doc.get("class_bias")
     if bias is not None:
@@ -89,7 +93,8 @@ def read_ensemble(path: str | os.PathLike) -> EnsembleFile:
                 or not all(isinstance(b, (int, float)) and np.isfinite(b) for b in bias)):
             raise ConfigError(f"{path}: class_bias must be null or {n_classes} finite numbers (one per class), got {bias!r}")
         bias = [float(b) for b in bias]
-    return EnsembleFile(path=path, members=members, class_bias=bias)
+    names = (doc.get("validation") or {}).get("record_names") or []
+    return EnsembleFile(path=path, members=members, class_bias=bias, validation_records=[str(n) for n in names])
 
 
 def expand_checkpoints(checkpoints: list[str]) -> tuple[list[str], EnsembleFile | None]:
@@ -158,14 +163,15 @@ def validation_records(cards: list[Path]) -> list[str]:
     return common
 
 
-def _trained_records(cards: list[Path]) -> set[str]:
+def _member_records(cards: list[Path], part: str) -> set[str]:
+    """The records of ``part`` (train, val or test) in any member's ``splits.json``."""
     from ecgtl.data.splits import load_splits
 
     seen: set[str] = set()
     for card in cards:
         split = _member_run_file(card, "splits.json")
         if split.is_file():
-            seen.update(load_splits(split)["train"])
+            seen.update(load_splits(split)[part])
     return seen
 
 
@@ -209,10 +215,12 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
     ens = Ensemble.load(paths, device=device)
     data = data or _member_data(cards)
     names = read_record_list(records) if records else validation_records(cards)
-    trained = sorted(_trained_records(cards) & set(names))
-    if trained:
-        raise ConfigError(f"{len(trained)} of the {len(names)} calibration records were in a member's training split "
-                          f"(e.g. {trained[:3]}): calibrate on records no member trained on (their common val split)")
+    for part, what in (("train", "training"), ("test", "test")):
+        clash = sorted(_member_records(cards, part) & set(names))
+        if clash:
+            raise ConfigError(f"{len(clash)} of the {len(names)} calibration records were in a member's {what} split "
+                              f"(e.g. {clash[:3]}): calibrate on validation records, which no member trained on and "
+                              "no test score will use (the members' common val split)")
     cinc = Cinc2017(data, labels=labels)
     if not cinc.labels:
         raise ConfigError(f"{data}: no label file (REFERENCE.csv or REFERENCE-v3.csv): calibration needs labelled records")
@@ -228,6 +236,7 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
     plain = classification_report(y, probs, n_boot=0, split="validation")
     member_f1 = [classification_report(y, p, n_boot=0)["macro_f1"] for p in ens.last_member_probabilities]
     validation = {"records": len(kept), "data": str(Path(data).resolve()), "records_from": records or "the members' val split",
+                  "record_names": sorted(kept),
                   "skipped": [{"record": n, "error": e} for n, e in failures],
                   "member_macro_f1": member_f1, "macro_f1": plain["macro_f1"], "challenge_f1": plain["challenge_f1"]}
     bias = None
@@ -245,7 +254,8 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
            "combine": "the mean of the members' class probabilities (each with its own preprocessing and class_bias), "
                       "then the ensemble's class_bias: softmax(log p + bias)",
            "class_bias": bias,
-           "members": [{"card": os.path.relpath(c, out.resolve()), "weights_sha256": json.loads(c.read_text())["weights_sha256"]}
+           "members": [{"card": os.path.relpath(c, out.resolve()), **{k: json.loads(c.read_text()).get(k)
+                                                                      for k in ("weights_sha256", "card_sha256")}}
                        for c in cards],
            "validation": validation}
     out.mkdir(parents=True, exist_ok=True)

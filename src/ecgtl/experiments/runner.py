@@ -175,11 +175,17 @@ class Experiment:
             if saved.is_file():
                 import yaml
 
-                old = _flatten(yaml.safe_load(saved.read_text()) or {})
-                new = _flatten(json.loads(json.dumps(to_dict(cfg), default=str)))  # tuples as lists, as YAML has them
+                def plain(c) -> dict:  # tuples as lists, as YAML has them
+                    return _flatten(json.loads(json.dumps(to_dict(c), default=str)))
+
+                old, new, default = _flatten(yaml.safe_load(saved.read_text()) or {}), plain(cfg), plain(FinetuneConfig())
+                # a setting added to the config since the run (absent from its config.yaml) at its default changes nothing
                 keys = sorted(k for k in old.keys() | new.keys()
-                              if k.split(".")[0] not in RESUMABLE_CHANGES | PATH_FIELDS and old.get(k) != new.get(k))
-                changed = f" ({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys[:5])})" if keys else ""
+                              if k.split(".")[0] not in RESUMABLE_CHANGES | PATH_FIELDS
+                              and old.get(k, default.get(k)) != new.get(k))
+                if not keys:
+                    continue
+                changed = f" ({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys[:5])})"
             raise ConfigError(f"{self.results_csv}: run {run_id} was trained with fine-tuning config {row['config_hash']}, "
                               f"but preset {self.spec.finetune_preset!r} now gives {config_hash(cfg)}{changed}; "
                               "use another --out for the new recipe, or restore the preset")
