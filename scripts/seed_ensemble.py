@@ -143,6 +143,7 @@ def main() -> int:
     ensemble = runs_dir / f"ensemble-{args.variant}"
     run_ensemble([str(r) for r in runs], ensemble, data=args.data, calibrate=True, progress=False)
     doc = json.loads((ensemble / "ensemble.json").read_text())  # the record (the model itself stays in its run folder)
+    doc["validation"].pop("record_names", None)  # 1,160 names: the selection split file lists them
     atomic_write(out / "ensemble-validation.json", json.dumps({k: doc[k] for k in ("class_bias", "members", "validation")}
                                                               | {"ensemble_file": str(ensemble / "ensemble.json")}, indent=1) + "\n")
     if args.score_test:
