@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ecgtl.data.formats import read_format_json
 from ecgtl.errors import ConfigError
-from ecgtl.fileio import atomic_write, read_format_json
+from ecgtl.fileio import atomic_write
 
 __all__ = [
     "SPLIT_KEYS",

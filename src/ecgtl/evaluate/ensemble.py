@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgtl.data.formats import read_format_json
 from ecgtl.errors import ConfigError, DataError
-from ecgtl.fileio import read_format_json
 
 __all__ = ["ENSEMBLE_FILE", "EnsembleFile", "cross_fitted_bias_f1", "expand_checkpoints", "read_ensemble", "run_ensemble"]
 
