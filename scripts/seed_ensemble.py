@@ -104,16 +104,13 @@ def score_test(ensemble: Path, runs: list[Path], data: Path, splits: Path, out: 
         raise SystemExit(f"{splits}: its test records overlap the selection split: not the standard split")
     report = run_evaluate(str(ensemble), str(data), out=str(ensemble / "evaluate-test"), n_boot=1000, progress=False,
                           records=f"{splits}:test")
-    with open(ensemble / "evaluate-test" / "predictions.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    y = np.array([CINC_CLASSES.index(r["label"]) for r in rows])
     members = []
     for run in runs:  # for reference: each member alone on the same records (its own run folder's evaluation)
         rep = run_evaluate(str(run), str(data), out=str(run / "evaluate-test"), n_boot=1000, progress=False,
                            records=f"{splits}:test")
         members.append({"run": run.name, "macro_f1": rep["macro_f1"], "macro_f1_ci": rep["macro_f1_ci"],
                         "challenge_f1": rep["challenge_f1"]})
-    summary = {"model": f"{ensemble}/ensemble.json", "test_records": int(len(y)), "split": str(splits),
+    summary = {"model": f"{ensemble}/ensemble.json", "test_records": report["n"], "split": str(splits),
                "macro_f1": report["macro_f1"], "macro_f1_ci": report["macro_f1_ci"], "challenge_f1": report["challenge_f1"],
                "challenge_f1_ci": report["challenge_f1_ci"], "f1": report["f1"], "auroc": report["auroc"],
                "ensemble_class_bias": report.get("ensemble_class_bias"), "members_alone": members,

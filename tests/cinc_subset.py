@@ -1,4 +1,4 @@
-"""Test data helpers shared by the inference, ensemble and pooling tests."""
+"""Test data helpers shared by the inference, ensemble and pooling tests: real CinC subsets, ECG-like signals, tiny cards."""
 
 from __future__ import annotations
 
@@ -37,3 +37,32 @@ def ecg_like_signals(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[floa
         out.append(x.astype(np.float32))
         rates.append(fs)
     return out, rates
+
+
+def tiny_card(folder: Path, *, fs: float = 100.0, input_mode: str = "crop", seed: int = 0, classes=None,
+              normalization=None, class_bias=None) -> Path:
+    """A tiny classifier card (width 0.0625, 1,024-sample windows) in ``folder``, its weights drawn from ``seed``.
+
+    Random weights, batch-norm statistics away from (0, 1) so that eval-mode batch norm does real
+    arithmetic: for tests of inference arithmetic and refusals, not of skill.
+    """
+    import torch
+
+    from ecgtl.constants import CINC_CLASSES
+    from ecgtl.models import create_model
+    from ecgtl.models.card import save_weights, write_card
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = create_model("resnet18_preact", num_classes=4, width=0.0625)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    save_weights(model.state_dict(), folder / "best.safetensors")
+    extra = {"class_bias": list(class_bias)} if class_bias is not None else {}
+    write_card(folder / "model.json", folder / "best.safetensors", architecture="resnet18_preact", width=0.0625, num_classes=4,
+               classes=list(classes or CINC_CLASSES), fs=fs, normalization=normalization or {"mean": 0.0075, "std": 0.2373},
+               task="cinc2017", input=input_mode, window_samples=1024, hop_samples=512, paper_samples=4096, **extra)
+    return folder

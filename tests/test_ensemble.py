@@ -12,37 +12,17 @@ import pytest
 import torch
 
 from cinc_subset import ecg_like_signals, write_cinc_subset
+from cinc_subset import tiny_card as _card
 from ecgtl.cli import main as cli
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.errors import ConfigError, DataError
 from ecgtl.evaluate.commands import load_recording, run_evaluate, run_export
 from ecgtl.evaluate.inference import Classifier, Ensemble
-from ecgtl.models import create_model
-from ecgtl.models.card import save_weights, write_card
 
 N_RECORDS = 6
 
 
 # ----------------------------------------------------------------------------- fixtures
-def _card(folder, *, fs: float = 100.0, input_mode: str = "crop", seed: int = 0, classes=CINC_CLASSES,
-          normalization=None, class_bias=None):
-    """A tiny classifier card (as tests/test_inference.py writes them), its weights drawn from ``seed``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = create_model("resnet18_preact", num_classes=4, width=0.0625)
-    with torch.no_grad():  # BN statistics away from (0, 1), so that eval-mode batch norm does real arithmetic
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-    save_weights(model.state_dict(), folder / "best.safetensors")
-    extra = {"class_bias": list(class_bias)} if class_bias is not None else {}
-    write_card(folder / "model.json", folder / "best.safetensors", architecture="resnet18_preact", width=0.0625, num_classes=4,
-               classes=list(classes), fs=fs, normalization=normalization or {"mean": 0.0075, "std": 0.2373}, task="cinc2017",
-               input=input_mode, window_samples=1024, hop_samples=512, paper_samples=4096, **extra)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory):
     """Runs of several kinds: ``a`` (100 Hz windows), ``b`` (125 Hz, the paper's input, other normalisation, a

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cinc_subset import tiny_card as _card
 from cinc_subset import write_cinc_subset
 from ecgtl.cli import main as cli
 from ecgtl.data.splits import read_record_list, save_splits
@@ -19,7 +20,7 @@ from ecgtl.evaluate.calibration import biased_probabilities
 from ecgtl.evaluate.commands import run_evaluate, run_export
 from ecgtl.evaluate.ensemble import cross_fitted_bias_f1, read_ensemble, run_ensemble
 from ecgtl.evaluate.inference import Ensemble
-from test_ensemble import _card, _read_predictions
+from test_ensemble import _read_predictions
 
 N_RECORDS = 24
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cinc_subset import ecg_like_signals, write_cinc_subset
+from cinc_subset import ecg_like_signals, tiny_card, write_cinc_subset
 from ecgtl.cli import main as cli
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc_dataset import prepare_cinc
@@ -27,27 +27,13 @@ from ecgtl.evaluate.inference import (
     predict_dataset,
 )
 from ecgtl.evaluate.parallel import default_workers, prepare_signal, resample_fast
-from ecgtl.models import create_model
-from ecgtl.models.card import save_weights, write_card
 
 N_RECORDS = 12
 
 
 # ----------------------------------------------------------------------------- fixtures
 def _card(folder, input_mode: str):
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = create_model("resnet18_preact", num_classes=4, width=0.0625)
-    with torch.no_grad():  # BN statistics away from (0, 1), so that eval-mode batch norm does real arithmetic
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-    save_weights(model.state_dict(), folder / "best.safetensors")
-    write_card(folder / "model.json", folder / "best.safetensors", architecture="resnet18_preact", width=0.0625, num_classes=4,
-               classes=list(CINC_CLASSES), fs=100.0, normalization={"mean": 0.0075, "std": 0.2373}, task="cinc2017",
-               input=input_mode, window_samples=1024, hop_samples=512, paper_samples=4096)
-    return folder
+    return tiny_card(folder, input_mode=input_mode)
 
 
 @pytest.fixture(scope="module", params=["crop", "paper"])

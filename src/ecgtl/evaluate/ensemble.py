@@ -140,17 +140,13 @@ def cross_fitted_bias_f1(probs: np.ndarray, y: np.ndarray, repeats: int = CROSS_
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def _member_run_file(card: Path, name: str) -> Path:
-    return card.parent / name
-
-
 def validation_records(cards: list[Path]) -> list[str]:
     """The members' common validation records (their run folders' ``splits.json`` ``val``), refused if they differ."""
     from ecgtl.data.splits import load_splits
 
     common = None
     for card in cards:
-        split = _member_run_file(card, "splits.json")
+        split = card.parent / "splits.json"
         if not split.is_file():
             raise ConfigError(f"{card}: no splits.json beside this model card, so its validation records are unknown; "
                               "give the records to calibrate on with --records FILE.json:val")
@@ -169,7 +165,7 @@ def _member_records(cards: list[Path], part: str) -> set[str]:
 
     seen: set[str] = set()
     for card in cards:
-        split = _member_run_file(card, "splits.json")
+        split = card.parent / "splits.json"
         if split.is_file():
             seen.update(load_splits(split)[part])
     return seen
@@ -181,7 +177,7 @@ def _member_data(cards: list[Path]) -> str:
 
     found = set()
     for card in cards:
-        cfg = _member_run_file(card, "config.yaml")
+        cfg = card.parent / "config.yaml"
         if cfg.is_file():
             found.add((yaml.safe_load(cfg.read_text()) or {}).get("data"))
     found.discard(None)
