@@ -10,7 +10,8 @@ import torch
 from ecgtl.train.engine import Trainer, round_seed
 
 
-def make_trainer(out, rounds=4, sleep=0.0, seed=0, checkpoint_every=None, ema_decay=0.0):
+def make_trainer(out, rounds=4, sleep=0.0, seed=0, checkpoint_every=None, ema_decay=0.0, validate=True):
+    """``validate=False``: no evaluation and no monitor (a final fit: the last round's weights are kept)."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(16, 3))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -34,7 +35,8 @@ def make_trainer(out, rounds=4, sleep=0.0, seed=0, checkpoint_every=None, ema_de
     def evaluate(m, r):
         return {"val_acc": float((m(X).argmax(1) == Y).float().mean())}
 
-    return Trainer(model, opt, step_fn, make_batches, evaluate, out, rounds=rounds, monitor="val_acc",
+    return Trainer(model, opt, step_fn, make_batches, evaluate if validate else None, out, rounds=rounds,
+                   monitor="val_acc" if validate else None, patience=1 if not validate else None,
                    scheduler=sched, seed=seed, progress=False, checkpoint_every=checkpoint_every, ema_decay=ema_decay)
 
 

@@ -155,3 +155,27 @@ def test_every_round_logs_how_long_training_waited_for_data(tmp_path):
     assert 0.5 < slow_share <= 1 and 0 <= fast_share < slow_share  # wide margins: the machine may be busy
     rows = list(csv.DictReader(open(tmp_path / "slow" / METRICS_FILE)))
     assert float(rows[0]["data_wait_share"]) == slow_share
+
+
+def test_without_validation_every_round_is_trained_and_the_last_is_kept(tmp_path):
+    """A final fit (no evaluate, no monitor): the kept weights are the last round's, patience never stops it,
+    and a resumed run ends with the same weights as an uninterrupted one."""
+    import pytest
+    from safetensors.torch import load_file
+
+    full = make_trainer(tmp_path / "full", rounds=4, validate=False)  # patience=1: would stop after a stale round
+    state = full.fit()
+    assert (state.round, state.best_round, state.stopped_early) == (4, 4, False)
+    rows = list(csv.DictReader(open(tmp_path / "full" / METRICS_FILE)))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3, 4] and "val_acc" not in rows[0]
+    kept = load_file(str(tmp_path / "full" / BEST_FILE))
+    assert all(torch.equal(kept[k], v) for k, v in full.model.state_dict().items())
+    part = make_trainer(tmp_path / "part", rounds=2, validate=False)
+    part.fit()
+    resumed = make_trainer(tmp_path / "part", rounds=4, validate=False)
+    resumed.fit()
+    again = load_file(str(tmp_path / "part" / BEST_FILE))
+    assert all(torch.equal(again[k], kept[k]) for k in kept)
+    with pytest.raises(ValueError, match="evaluate and monitor go together"):
+        t = make_trainer(tmp_path / "x", rounds=1)
+        type(t)(t.model, t.optimizer, t.step_fn, t.make_batches, None, tmp_path / "x", rounds=1, monitor="val_acc")

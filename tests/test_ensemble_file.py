@@ -191,3 +191,33 @@ def test_what_an_ensemble_file_refuses(setup, tmp_path):
         (out / "ensemble.json").write_text(json.dumps(bad))
         with pytest.raises(ConfigError, match=message):
             read_ensemble(out / "ensemble.json")
+
+
+def test_members_of_a_final_fit_make_an_unvalidated_ensemble(setup, tmp_path):
+    """Members trained without validation records (val_fraction=0): the file is written with no validation and no
+    biases; --calibrate is refused (no records to fit on), and so are calibration records a member trained on."""
+    names = setup["names"]
+    runs = []
+    for i in range(2):
+        run = _card(tmp_path / f"final{i}", seed=20 + i)
+        save_splits(run / "splits.json", {"train": names[:16], "val": [], "test": names[16:]}, seed=0)
+        (run / "config.yaml").write_text(yaml.safe_dump({"data": str(setup["data"])}))
+        runs.append(run)
+    with pytest.raises(ConfigError, match="list no validation records .* --calibrate needs labelled records"):
+        run_ensemble([str(r) for r in runs], tmp_path / "ens-cal", calibrate=True, progress=False)
+    assert not (tmp_path / "ens-cal").exists()
+    with pytest.raises(ConfigError, match="in a member's training split"):
+        run_ensemble([str(r) for r in runs], tmp_path / "ens-cal", records=f"{runs[0] / 'splits.json'}:train",
+                     calibrate=True, progress=False)
+    doc = run_ensemble([str(r) for r in runs], tmp_path / "ens", progress=False)
+    assert doc["validation"] is None and doc["class_bias"] is None and len(doc["members"]) == 2
+    assert not (tmp_path / "ens" / "predictions_val.csv").exists()
+    read = read_ensemble(tmp_path / "ens")
+    assert read.validation_records == [] and read.class_bias is None
+    report = run_evaluate([str(tmp_path / "ens")], str(setup["data"]), out=str(tmp_path / "ev"), n_boot=0,
+                          records=f"{runs[0] / 'splits.json'}:test", progress=False, workers=0)
+    plain = run_evaluate([str(r) for r in runs], str(setup["data"]), out=str(tmp_path / "ev-plain"), n_boot=0,
+                         records=f"{runs[0] / 'splits.json'}:test", progress=False, workers=0)
+    assert report["n"] == 8 and report["macro_f1"] == plain["macro_f1"]
+    got, want = _read_predictions(tmp_path / "ev" / "predictions.csv"), _read_predictions(tmp_path / "ev-plain" / "predictions.csv")
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got)  # the members' mean, no bias

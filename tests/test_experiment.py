@@ -249,3 +249,15 @@ def test_a_table_trained_with_an_edited_preset_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="was trained with fine-tuning config 0123456789ab"):
         exp.run(progress=False)  # the grid refuses before it writes or reads anything
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_grid_without_validation_records_is_refused_before_writing(tmp_path):
+    """val_fraction=0 (a final fit) leaves nothing to measure the best epoch and convergence on: refused, nothing written."""
+    from ecgtl.experiments.runner import Experiment
+
+    spec = load_spec("quick")
+    spec.finetune_set = [*spec.finetune_set, "val_fraction=0"]
+    exp = Experiment(spec, tmp_path / "grid", data=str(tmp_path / "no-cinc-here"), store=str(tmp_path / "no-store"))
+    with pytest.raises(ConfigError, match="val_fraction=0 .* cannot run in a grid"):
+        exp.run(progress=False)
+    assert not (tmp_path / "grid").exists()

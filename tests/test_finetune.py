@@ -228,3 +228,38 @@ def test_stft_model_card_classifies_raw_recordings(cinc_folder, tmp_path):
     sig, fs = load_recording(str(cinc_folder / "A00002.mat"))
     probs = Classifier(tmp_path).predict_proba([sig], fs)
     assert probs.shape == (1, 4) and abs(probs.sum() - 1) < 1e-5
+
+
+def test_final_fit_without_validation_trains_every_epoch_and_keeps_the_last(cinc_folder, tmp_path, capsys):
+    """val_fraction=0: the standard split's test records stay out, every other record trains, nothing stops early
+    (patience=1 would otherwise), and the card's weights are the last epoch's (the checkpoint's model)."""
+    from ecgtl.data.cinc2017 import read_labels
+    from ecgtl.data.splits import make_splits
+    from ecgtl.models.card import load_weights
+
+    out = tmp_path / "final"
+    args = TINY + [f"data={cinc_folder}", f"out={out}", "val_fraction=0", "patience=1", "bootstrap=0"]
+    results = run_finetune(load_config(FinetuneConfig, "cpu", "finetune", args), progress=False)
+    assert "no validation records: a final fit, all 2 epochs trained and the last epoch's weights kept" in capsys.readouterr().out
+    labels = read_labels(cinc_folder.parent / "REFERENCE-v3.csv")
+    standard = make_splits(sorted(labels), [labels[n] for n in sorted(labels)], test_fraction=0.2, val_fraction=0.05, seed=0)
+    splits = json.loads((out / "splits.json").read_text())["splits"]
+    assert splits["val"] == [] and splits["test"] == standard["test"]
+    assert sorted(splits["train"]) == sorted(standard["train"] + standard["val"])
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["round"] for r in rows] == ["1", "2"] and not [k for k in rows[0] if k.startswith("val_")]
+    card = json.loads((out / "model.json").read_text())
+    assert card["best_round"] == card["rounds_run"] == 2
+    last = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    kept = load_weights(out / "best.safetensors")
+    assert kept.keys() == last.keys() and all(torch.equal(kept[k], last[k]) for k in kept)
+    assert "val" not in results and results["test"]["n"] == 1450
+    assert not (out / "predictions_val.csv").exists() and (out / "curves.png").is_file()
+    with pytest.raises(Exception, match="val_fraction=5e-05 of 7248 records rounds to 0 validation records"):
+        run_finetune(load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={tmp_path / 'x'}",
+                                                                          "val_fraction=0.00005"]), progress=False)
+    (tmp_path / "novalsplit.json").write_text((out / "splits.json").read_text())
+    with pytest.raises(Exception, match="its val part is empty, and calibrate=true fits class biases"):
+        run_finetune(load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={tmp_path / 'y'}",
+                                                                          f"splits={tmp_path / 'novalsplit.json'}",
+                                                                          "calibrate=true"]), progress=False)

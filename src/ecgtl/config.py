@@ -102,7 +102,7 @@ class FinetuneConfig:
     splits: str | None = None  # a splits JSON to reuse; default: made from split_seed and saved in the run folder
     split_seed: int = 0
     test_fraction: float = 0.2
-    val_fraction: float = 0.05
+    val_fraction: float = 0.05  # 0: no validation records (a final fit: every epoch trained, the last kept)
     folds: int = 0  # k-fold cross-validation instead of the 80/20 split (0: off); run each fold with fold=i
     fold: int = 0
     label_fraction: float = 1.0  # fraction of the training records used (low-label fine-tuning)
@@ -160,8 +160,12 @@ class FinetuneConfig:
         _integer("split_seed", self.split_seed, 0, MAX_SEED)
         _integer("seed", self.seed, 0, MAX_SEED)
         _number("test_fraction", self.test_fraction, 0, 1, lo_open=True, hi_open=True, why="fraction of the records held out for test")
-        _number("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True,
-                why="fraction of the records for validation: early stopping and model selection need some")
+        _number("val_fraction", self.val_fraction, 0, 1, hi_open=True,
+                why="fraction of the records for validation: early stopping and model selection; 0 = none, a final fit "
+                    "on all non-test records that trains every epoch and keeps the last")
+        if self.val_fraction == 0 and self.calibrate:
+            raise ConfigError("calibrate=true fits class biases on validation records, and val_fraction=0 leaves none: "
+                              "calibrate a model trained with validation records, or set calibrate=false")
         if self.test_fraction + self.val_fraction >= 1:
             raise ConfigError(f"test_fraction + val_fraction must be below 1 to leave training records, "
                               f"got {self.test_fraction:g} + {self.val_fraction:g}")

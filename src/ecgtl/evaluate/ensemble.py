@@ -211,6 +211,16 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
     ens = Ensemble.load(paths, device=device)
     data = data or _member_data(cards)
     names = read_record_list(records) if records else validation_records(cards)
+    if not names:  # members of a final fit (val_fraction=0): nothing to validate or calibrate on
+        if calibrate:
+            raise ConfigError("the members list no validation records (trained without any: val_fraction=0) and --records "
+                              "gives none: --calibrate needs labelled records that no member trained on")
+        doc = _ensemble_doc(ens.classes, cards, out, None, None)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / ENSEMBLE_FILE, json.dumps(doc, indent=1) + "\n")
+        print(f"ensemble of {len(cards)} models, not validated (its members were trained without validation records)")
+        print(f"wrote {out / ENSEMBLE_FILE}")
+        return doc
     for part, what in (("train", "training"), ("test", "test")):
         clash = sorted(_member_records(cards, part) & set(names))
         if clash:
@@ -246,14 +256,7 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
             "macro_f1_cross_fitted": cross, "macro_f1_cross_fitted_std": cross_sd, "cross_fit_repeats": CROSS_FIT_REPEATS,
             "kept": bool(keep),
             "rule": "biases kept only if their 2-fold cross-fitted macro-F1 beats the uncalibrated ensemble's on the same records"}
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "classes": list(ens.classes),
-           "combine": "the mean of the members' class probabilities (each with its own preprocessing and class_bias), "
-                      "then the ensemble's class_bias: softmax(log p + bias)",
-           "class_bias": bias,
-           "members": [{"card": os.path.relpath(c, out.resolve()), **{k: json.loads(c.read_text()).get(k)
-                                                                      for k in ("weights_sha256", "card_sha256")}}
-                       for c in cards],
-           "validation": validation}
+    doc = _ensemble_doc(ens.classes, cards, out, bias, validation)
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions_val.csv", kept, y, probs)
     atomic_write(out / ENSEMBLE_FILE, json.dumps(doc, indent=1) + "\n")
@@ -266,6 +269,18 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
               + ("kept" if c["kept"] else "not kept (no gain over the uncalibrated ensemble)"))
     print(f"wrote {out / ENSEMBLE_FILE}")
     return doc
+
+
+def _ensemble_doc(classes, cards: list[Path], out: Path, bias: list[float] | None, validation: dict | None) -> dict:
+    """The ensemble file's content; ``validation`` None: members trained without validation records."""
+    return {"format": FORMAT, "version": FORMAT_VERSION, "classes": list(classes),
+            "combine": "the mean of the members' class probabilities (each with its own preprocessing and class_bias), "
+                       "then the ensemble's class_bias: softmax(log p + bias)",
+            "class_bias": bias,
+            "members": [{"card": os.path.relpath(c, out.resolve()), **{k: json.loads(c.read_text()).get(k)
+                                                                       for k in ("weights_sha256", "card_sha256")}}
+                        for c in cards],
+            "validation": validation}
 
 
 def add_parser(subparsers) -> None:

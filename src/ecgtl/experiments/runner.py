@@ -142,6 +142,13 @@ class Experiment:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ running
+    def check_validation(self) -> None:
+        """Refuse fine-tunes without validation records (``val_fraction=0``): the table's best epoch, validation
+        F1 and time to 95% of the best validation F1 are measured on them."""
+        if self.plan.finetunes and self.finetune_config(self.plan.finetunes[0]).val_fraction == 0:
+            raise ConfigError("val_fraction=0 (a final fit without validation records) cannot run in a grid: its table "
+                              "measures the best epoch and the convergence on validation records; leave val_fraction > 0")
+
     def check_recipe(self) -> None:
         """Refuse to extend a table made with another recipe (presets or overrides); axes and blocks may change."""
         path = self.out / "grid.yaml"
@@ -217,6 +224,7 @@ class Experiment:
 
         rows = self.finished_rows()
         self.check_finished(rows)  # first: a refused rerun writes nothing
+        self.check_validation()
         self.check_recipe()
         self.prepare_splits(progress)
         self.prepare_cinc_store(progress)

@@ -174,12 +174,16 @@ class Trainer:
     unfreeze parameters (fine-tuning schedules). ``ema_decay`` > 0 keeps an exponential moving
     average of the weights and batch-norm statistics (updated after every optimiser step); the
     average is what is evaluated and kept as the best weights, and it is checkpointed.
+
+    ``evaluate=None`` with ``monitor=None`` trains without validation (a final fit on all labelled
+    records, once the settings are chosen): every round's weights replace the kept ones, so the
+    last round's are kept, and nothing stops early.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  step_fn: Callable[[torch.nn.Module, object], tuple[torch.Tensor, int]],
-                 make_batches: Callable[[int], Iterable], evaluate: Callable[[torch.nn.Module, int], dict],
-                 out_dir: str | os.PathLike, rounds: int, monitor: str, mode: str = "max",
+                 make_batches: Callable[[int], Iterable], evaluate: Callable[[torch.nn.Module, int], dict] | None,
+                 out_dir: str | os.PathLike, rounds: int, monitor: str | None, mode: str = "max",
                  patience: int | None = None, scheduler=None, seed: int = 0, device: torch.device | None = None,
                  amp: bool = False, on_round_start: Callable[[torch.nn.Module, int], None] | None = None,
                  steps_per_round: int | None = None, progress: bool = True, best_metadata: dict | None = None,
@@ -189,6 +193,8 @@ class Trainer:
                                                         use_buffers=True) if ema_decay else None)
         self.step_fn, self.make_batches, self.evaluate = step_fn, make_batches, evaluate
         self.out = Path(out_dir)
+        if (evaluate is None) != (monitor is None):
+            raise ValueError("evaluate and monitor go together: both given, or both None (no validation: the last round is kept)")
         self.rounds, self.monitor, self.mode, self.patience = rounds, monitor, mode, patience
         self.seed, self.device = seed, device or torch.device("cpu")
         self.amp = amp and self.device.type == "cuda"
@@ -307,6 +313,8 @@ class Trainer:
         Under DDP only rank 0 evaluates and broadcasts, so every rank takes the same
         early-stopping decision (per-rank batch-norm statistics could otherwise differ).
         """
+        if self.evaluate is None:  # no validation records: nothing to score
+            return {}
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         metrics = None
         if self.is_main or not distributed:
@@ -335,7 +343,9 @@ class Trainer:
                                   "the run folder must be on a file system all nodes share")
 
     # ------------------------------------------------------------------ the loop
-    def _improved(self, value: float) -> bool:
+    def _improved(self, value: float | None) -> bool:
+        if self.monitor is None:  # no validation: the latest weights are the kept ones
+            return True
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return False
         v = value if self.mode == "max" else -value
@@ -430,14 +440,16 @@ class Trainer:
         self.state.history.append(row)
         value = row.get(self.monitor)
         if self._improved(value):
-            self.state.best_metric = value if self.mode == "max" else -value
+            if self.monitor is not None:
+                self.state.best_metric = value if self.mode == "max" else -value
             self.state.best_round = r + 1
             self.state.stale_rounds = 0
             if self.is_main:
                 pending = self.out / BEST_PENDING_FILE
                 with write_guard(pending):
                     save_weights(self.kept_model().state_dict(), pending,
-                                 {**self.best_metadata, "round": str(r + 1), self.monitor: str(value)})
+                                 {**self.best_metadata, "round": str(r + 1),
+                                  **({self.monitor: str(value)} if self.monitor else {})})
                 self.state.best_sha256 = file_sha256(pending)
         else:
             self.state.stale_rounds += 1

@@ -244,6 +244,21 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
             logits = m(x.to(device, non_blocking=True))
         return F.cross_entropy(logits.float(), y.to(device), weight=class_weight, label_smoothing=cfg.label_smoothing), len(y)
 
+    def on_round_start(m, r):
+        frozen = r < cfg.freeze_epochs
+        for name, p in m.named_parameters():
+            p.requires_grad_(not frozen or name.startswith(HEAD_PREFIX))
+
+    evaluate = _validation_metrics(cfg, data, device, out) if data.splits["val"] else None  # None: a final fit
+    return Trainer(model, optimizer, step_fn, make_batches, evaluate, out, rounds=cfg.epochs,
+                   monitor="val_macro_f1" if evaluate else None, patience=cfg.patience, scheduler=scheduler, seed=cfg.seed,
+                   device=device, amp=cfg.amp, on_round_start=on_round_start if cfg.freeze_epochs else None,
+                   steps_per_round=steps_per_round, progress=progress, ema_decay=cfg.ema_decay,
+                   best_metadata={"architecture": unwrap(model).model_name, "fs": cfg.fs})
+
+
+def _validation_metrics(cfg: FinetuneConfig, data: FinetuneData, device: torch.device, out: Path):
+    """The engine's ``evaluate(model, round)``: loss, macro-F1, challenge F1 and per-class F1 on the validation records."""
     val_ds, val_labels = _eval_dataset(cfg, data.signals["val"]), data.labels["val"]
 
     def evaluate(m, r):
@@ -255,16 +270,7 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
                 "val_challenge_f1": float(challenge_f1(val_labels, pred)),
                 **{f"val_f1_{c}": float(v) for c, v in zip(("N", "A", "O", "noisy"), f1)}}
 
-    def on_round_start(m, r):
-        frozen = r < cfg.freeze_epochs
-        for name, p in m.named_parameters():
-            p.requires_grad_(not frozen or name.startswith(HEAD_PREFIX))
-
-    return Trainer(model, optimizer, step_fn, make_batches, evaluate, out, rounds=cfg.epochs,
-                   monitor="val_macro_f1", patience=cfg.patience, scheduler=scheduler, seed=cfg.seed, device=device,
-                   amp=cfg.amp, on_round_start=on_round_start if cfg.freeze_epochs else None,
-                   steps_per_round=steps_per_round, progress=progress, ema_decay=cfg.ema_decay,
-                   best_metadata={"architecture": unwrap(model).model_name, "fs": cfg.fs})
+    return evaluate
 
 
 def score_best_model(cfg: FinetuneConfig, data: FinetuneData, out: Path, device: torch.device, best_round: int) -> dict:
@@ -288,9 +294,22 @@ def score_best_model(cfg: FinetuneConfig, data: FinetuneData, out: Path, device:
         atomic_write(out / f"report_{part}.json", json.dumps(report, indent=1))
         write_predictions(out / f"predictions_{part}.csv", data.splits[part], data.labels[part], probs)
         results[part] = report
-        print(f"== {part} ({len(probs)} records, best round {best_round}) ==")
+        print(f"== {part} ({len(probs)} records, {'last' if not data.splits['val'] else 'best'} round {best_round}) ==")
         print(format_report(report))
     return results
+
+
+def check_final_fit(cfg: FinetuneConfig, n_records: int) -> None:
+    """Accept a split without validation records only as a final fit asked for (``val_fraction=0`` or a
+    splits file whose ``val`` is empty), never as a too-small ``val_fraction`` that rounded to 0 records."""
+    if cfg.val_fraction > 0 and not cfg.splits:
+        raise ConfigError(f"val_fraction={cfg.val_fraction:g} of {n_records} records rounds to 0 validation records: raise it, "
+                          "or set val_fraction=0 for a final fit without validation (every epoch trained, the last kept)")
+    if cfg.calibrate:
+        raise ConfigError(f"{cfg.splits}: its val part is empty, and calibrate=true fits class biases on validation "
+                          "records: give a split with validation records, or set calibrate=false")
+    print(f"no validation records: a final fit, all {cfg.epochs} epochs trained and the last epoch's weights kept "
+          "(nothing is chosen on validation; patience is not used)")
 
 
 def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
@@ -303,7 +322,10 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
 
     by_name, cinc = read_labelled_records(cfg, progress)
-    data = prepare_data(cfg, by_name, resolve_splits(cfg, out, by_name, cinc))
+    splits = resolve_splits(cfg, out, by_name, cinc)
+    if not splits["val"]:
+        check_final_fit(cfg, len(by_name))
+    data = prepare_data(cfg, by_name, splits)
     model, width = build_model(cfg)
     model.to(device)
     apply_conv_layout(model, cfg.conv_layout, device)  # same weights; channels-last 2-D kernels on CUDA
@@ -361,13 +383,17 @@ def plot_curves(metrics_csv: Path, png: Path) -> None:
     if not rows:
         return
     r = [int(x["round"]) for x in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    validated = "val_macro_f1" in rows[0]  # a final fit (no validation records) logs the training loss only
+    fig, axes = plt.subplots(1, 2 if validated else 1, figsize=(10 if validated else 5, 3.5), squeeze=False)
+    a = axes[0, 0]
     a.plot(r, [float(x["train_loss"]) for x in rows], label="train loss")
-    a.plot(r, [float(x["val_loss"]) for x in rows], label="val loss")
+    if validated:
+        a.plot(r, [float(x["val_loss"]) for x in rows], label="val loss")
+        b = axes[0, 1]
+        b.plot(r, [float(x["val_macro_f1"]) for x in rows], label="val macro-F1 (4 classes)")
+        b.plot(r, [float(x["val_challenge_f1"]) for x in rows], label="val challenge F1 (N, A, O)")
+        b.set_xlabel("epoch"), b.legend(), b.set_title("validation")
     a.set_xlabel("epoch"), a.legend(), a.set_title("loss")
-    b.plot(r, [float(x["val_macro_f1"]) for x in rows], label="val macro-F1 (4 classes)")
-    b.plot(r, [float(x["val_challenge_f1"]) for x in rows], label="val challenge F1 (N, A, O)")
-    b.set_xlabel("epoch"), b.legend(), b.set_title("validation")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
