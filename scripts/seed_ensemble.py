@@ -95,7 +95,10 @@ def standard_splits(data: Path, runs: Path) -> Path:
     return path
 
 
-def score_test(ensemble: Path, runs: list[Path], data: Path, splits: Path, out: Path) -> dict:
+def score_test(ensemble: Path, runs: list[Path], data: Path, splits: Path, out: Path, name: str = "test-score.json",
+               note: str = "scored once, after the model was fixed on validation; members alone are for reference, not choice",
+               extra: dict | None = None) -> dict:
+    """Score ``ensemble`` (and, for reference, each member) on the test records of ``splits``; write ``out / name``."""
     from ecgtl.evaluate.commands import run_evaluate
 
     selection = load_splits(runs[0] / "splits.json")
@@ -113,9 +116,9 @@ def score_test(ensemble: Path, runs: list[Path], data: Path, splits: Path, out: 
     summary = {"model": f"{ensemble}/ensemble.json", "test_records": report["n"], "split": str(splits),
                "macro_f1": report["macro_f1"], "macro_f1_ci": report["macro_f1_ci"], "challenge_f1": report["challenge_f1"],
                "challenge_f1_ci": report["challenge_f1_ci"], "f1": report["f1"], "auroc": report["auroc"],
-               "ensemble_class_bias": report.get("ensemble_class_bias"), "members_alone": members,
-               "note": "scored once, after the model was fixed on validation; members alone are for reference, not choice"}
-    atomic_write(out / "test-score.json", json.dumps(summary, indent=1) + "\n")
+               "ensemble_class_bias": report.get("ensemble_class_bias"), "members_alone": members, **(extra or {}),
+               "note": note}
+    atomic_write(out / name, json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     return summary
 

@@ -176,6 +176,12 @@ def test_without_validation_every_round_is_trained_and_the_last_is_kept(tmp_path
     resumed.fit()
     again = load_file(str(tmp_path / "part" / BEST_FILE))
     assert all(torch.equal(again[k], kept[k]) for k in kept)
-    with pytest.raises(ValueError, match="evaluate and monitor go together"):
-        t = make_trainer(tmp_path / "x", rounds=1)
-        type(t)(t.model, t.optimizer, t.step_fn, t.make_batches, None, tmp_path / "x", rounds=1, monitor="val_acc")
+    t = make_trainer(tmp_path / "x", rounds=1)
+    for evaluate, monitor in ((None, "val_acc"), (t.evaluate, None)):
+        with pytest.raises(ValueError, match="evaluate and monitor go together"):
+            type(t)(t.model, t.optimizer, t.step_fn, t.make_batches, evaluate, tmp_path / "x", rounds=1, monitor=monitor)
+    averaged = make_trainer(tmp_path / "ema", rounds=3, validate=False, ema_decay=0.9)
+    averaged.fit()  # with a moving average, the average after the last round is what is kept
+    kept = load_file(str(tmp_path / "ema" / BEST_FILE))
+    average, trained = averaged.kept_model().state_dict(), averaged.model.state_dict()
+    assert all(torch.equal(kept[k], average[k]) for k in kept) and any(not torch.equal(kept[k], trained[k]) for k in kept)

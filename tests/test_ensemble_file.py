@@ -209,6 +209,8 @@ def test_members_of_a_final_fit_make_an_unvalidated_ensemble(setup, tmp_path):
     with pytest.raises(ConfigError, match="in a member's training split"):
         run_ensemble([str(r) for r in runs], tmp_path / "ens-cal", records=f"{runs[0] / 'splits.json'}:train",
                      calibrate=True, progress=False)
+    with pytest.raises(ConfigError, match=r"final0/splits\.json: this member has no validation records \(a final fit"):
+        run_ensemble([str(setup["runs"][0]), str(runs[0])], tmp_path / "ens-mixed", progress=False)
     doc = run_ensemble([str(r) for r in runs], tmp_path / "ens", progress=False)
     assert doc["validation"] is None and doc["class_bias"] is None and len(doc["members"]) == 2
     assert not (tmp_path / "ens" / "predictions_val.csv").exists()

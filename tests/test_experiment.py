@@ -258,6 +258,12 @@ def test_a_grid_without_validation_records_is_refused_before_writing(tmp_path):
     spec = load_spec("quick")
     spec.finetune_set = [*spec.finetune_set, "val_fraction=0"]
     exp = Experiment(spec, tmp_path / "grid", data=str(tmp_path / "no-cinc-here"), store=str(tmp_path / "no-store"))
-    with pytest.raises(ConfigError, match="val_fraction=0 .* cannot run in a grid"):
+    with pytest.raises(ConfigError, match="grid 'quick': val_fraction=0 .* cannot run in a grid"):
         exp.run(progress=False)
     assert not (tmp_path / "grid").exists()
+    from ecgtl.data.splits import save_splits  # a grid folder whose split file has no validation records
+
+    save_splits(tmp_path / "old" / "splits.json", {"train": ["A1", "A2"], "val": [], "test": ["A3"]}, seed=0)
+    exp = Experiment(load_spec("quick"), tmp_path / "old", data=str(tmp_path / "no-cinc-here"), store=str(tmp_path / "no-store"))
+    with pytest.raises(ConfigError, match=r"old/splits\.json: this grid's split has no validation records"):
+        exp.run(progress=False)

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from ecgtl.cli import main as cli
 from ecgtl.config import FinetuneConfig, load_config
 from ecgtl.constants import CINC_CLASSES
+from ecgtl.errors import ConfigError
 from ecgtl.evaluate.commands import load_recording, run_evaluate, run_export
 from ecgtl.evaluate.inference import Classifier
 from ecgtl.models import create_model
@@ -249,17 +250,20 @@ def test_final_fit_without_validation_trains_every_epoch_and_keeps_the_last(cinc
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [r["round"] for r in rows] == ["1", "2"] and not [k for k in rows[0] if k.startswith("val_")]
     card = json.loads((out / "model.json").read_text())
-    assert card["best_round"] == card["rounds_run"] == 2
+    assert card["best_round"] == card["rounds_run"] == 2 and card["selected_on"].startswith("none: a final fit")
+    assert results["stopped_early"] is False and results["selected_on"] == card["selected_on"]
+    assert _checkpoint_state(out)["stale_rounds"] == 0  # patience=1 is never reached: nothing is judged
     last = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     kept = load_weights(out / "best.safetensors")
     assert kept.keys() == last.keys() and all(torch.equal(kept[k], last[k]) for k in kept)
     assert "val" not in results and results["test"]["n"] == 1450
     assert not (out / "predictions_val.csv").exists() and (out / "curves.png").is_file()
-    with pytest.raises(Exception, match="val_fraction=5e-05 of 7248 records rounds to 0 validation records"):
+    with pytest.raises(ConfigError, match="val_fraction=5e-05 of 7248 records rounds to 0 validation records"):
         run_finetune(load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={tmp_path / 'x'}",
                                                                           "val_fraction=0.00005"]), progress=False)
+    assert not (tmp_path / "x").exists()  # refused before anything is written: a corrected rerun is not blocked
     (tmp_path / "novalsplit.json").write_text((out / "splits.json").read_text())
-    with pytest.raises(Exception, match="its val part is empty, and calibrate=true fits class biases"):
+    with pytest.raises(ConfigError, match="its val part is empty, and calibrate=true fits class biases"):
         run_finetune(load_config(FinetuneConfig, "cpu", "finetune", TINY + [f"data={cinc_folder}", f"out={tmp_path / 'y'}",
                                                                           f"splits={tmp_path / 'novalsplit.json'}",
                                                                           "calibrate=true"]), progress=False)

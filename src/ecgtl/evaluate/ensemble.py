@@ -17,6 +17,9 @@ ones: early stopping chose each member on them, and no member trained on them) o
 Whether the biases help is estimated without fitting and scoring on the same records: repeated
 2-fold cross-fitting (fit on one stratified half, decide the other). They are kept only if that
 estimate beats the uncalibrated ensemble's macro-F1 on the same records; the file says which.
+
+Members of a final fit (``val_fraction=0``: no validation records) make an *unvalidated*
+ensemble: its ``validation`` is null, it has no biases, and ``--calibrate`` is refused.
 """
 
 from __future__ import annotations
@@ -153,6 +156,10 @@ def validation_records(cards: list[Path]) -> list[str]:
         val = sorted(load_splits(split)["val"])
         if common is None:
             common, first = val, split
+        elif val != common and not (val and common):
+            none, other = (split, first) if not val else (first, split)
+            raise ConfigError(f"{none}: this member has no validation records (a final fit, val_fraction=0) and {other} "
+                              "has some: ensemble final fits with final fits, or give the records with --records")
         elif val != common:
             raise ConfigError(f"{split}: this member was validated on other records than {first}; an ensemble is "
                               "calibrated on records none of its members trained on: give them with --records")

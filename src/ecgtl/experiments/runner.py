@@ -146,8 +146,16 @@ class Experiment:
         """Refuse fine-tunes without validation records (``val_fraction=0``): the table's best epoch, validation
         F1 and time to 95% of the best validation F1 are measured on them."""
         if self.plan.finetunes and self.finetune_config(self.plan.finetunes[0]).val_fraction == 0:
-            raise ConfigError("val_fraction=0 (a final fit without validation records) cannot run in a grid: its table "
-                              "measures the best epoch and the convergence on validation records; leave val_fraction > 0")
+            raise ConfigError(f"grid {self.spec.name!r}: val_fraction=0 (a final fit without validation records) cannot run in "
+                              "a grid: its table measures the best epoch and the convergence on validation records; leave "
+                              "val_fraction > 0 (finetune_set or the finetune preset)")
+        split = self.out / "splits.json"
+        if split.is_file():
+            from ecgtl.data.splits import load_splits
+
+            if not load_splits(split)["val"]:
+                raise ConfigError(f"{split}: this grid's split has no validation records; its table measures the best epoch "
+                                  "and the convergence on them: use another --out")
 
     def check_recipe(self) -> None:
         """Refuse to extend a table made with another recipe (presets or overrides); axes and blocks may change."""

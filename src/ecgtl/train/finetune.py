@@ -3,7 +3,10 @@
 From random initialisation or from a pre-trained backbone (``init``: a model card); the
 same engine as pre-training (:mod:`ecgtl.train.engine`). The splits are written to the run
 folder, so every run of an experiment can reuse the same records (``splits=...``); the
-model is chosen on the validation split by macro-F1 and only then scored on test.
+model is chosen on the validation split by macro-F1 and only then scored on test. A *final
+fit* (``val_fraction=0``, or a splits file whose ``val`` is empty) has no validation records:
+every epoch is trained and the last epoch's weights (the moving average with ``ema_decay``) are
+kept; its card and ``results.json`` say so (``selected_on``).
 
 ``pooling: masked`` (1-D models) pools the last feature map only over the steps of real signal:
 training crops (or the study's padded input) and the validation/test windows carry the sample
@@ -13,7 +16,7 @@ does the same. Pooling has no parameters: ``init`` backbones load as before.
 
 Outputs in ``out``: ``config.yaml``, ``splits.json``, ``metrics.csv`` (per-round validation
 curves), ``curves.png``, ``best.safetensors`` + ``model.json`` (the card),
-``predictions_{val,test}.csv`` and ``report_{val,test}.json``.
+``predictions_{val,test}.csv`` and ``report_{val,test}.json`` (for the splits that have records).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from ecgtl.config import FinetuneConfig, add_config_command, compile_enabled, save_or_check_config, to_dict
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.augment import EcgAugment
-from ecgtl.data.cinc2017 import Cinc2017, find_label_file
+from ecgtl.data.cinc2017 import Cinc2017, find_label_file, read_labels
 from ecgtl.data.cinc_dataset import CincCropDataset, CincPaperDataset, prepare_cinc
 from ecgtl.data.splits import kfold_splits, load_splits, make_splits, save_splits, subset_labels
 from ecgtl.data.transforms import PAPER_CINC, Normalization
@@ -147,6 +150,8 @@ def resolve_splits(cfg: FinetuneConfig, out: Path, by_name: dict, cinc: Cinc2017
         else:
             splits = make_splits(names, labels_all, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
                                  seed=cfg.split_seed)
+        if not splits["val"]:
+            _val_rounds_to_zero(cfg, len(names))  # before the split is saved: a refused run leaves no splits.json
         save_splits(split_file, splits, seed=cfg.split_seed, label_file=str(cinc.label_file), folds=cfg.folds,
                     fold=cfg.fold, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
     if cfg.splits:
@@ -299,22 +304,37 @@ def score_best_model(cfg: FinetuneConfig, data: FinetuneData, out: Path, device:
     return results
 
 
+def _val_rounds_to_zero(cfg: FinetuneConfig, n_records: int) -> None:
+    """Refuse a ``val_fraction`` > 0 that gives 0 of ``n_records`` records (a final fit is asked for with 0, not by accident)."""
+    if cfg.val_fraction > 0 and not cfg.splits and round(cfg.val_fraction * n_records) == 0:
+        raise ConfigError(f"val_fraction={cfg.val_fraction:g} of {n_records} records rounds to 0 validation records: raise it, "
+                          "or set val_fraction=0 for a final fit without validation (every epoch trained, the last kept)")
+
+
 def check_final_fit(cfg: FinetuneConfig, n_records: int) -> None:
     """Accept a split without validation records only as a final fit asked for (``val_fraction=0`` or a
     splits file whose ``val`` is empty), never as a too-small ``val_fraction`` that rounded to 0 records."""
-    if cfg.val_fraction > 0 and not cfg.splits:
-        raise ConfigError(f"val_fraction={cfg.val_fraction:g} of {n_records} records rounds to 0 validation records: raise it, "
-                          "or set val_fraction=0 for a final fit without validation (every epoch trained, the last kept)")
+    _val_rounds_to_zero(cfg, n_records)
     if cfg.calibrate:
         raise ConfigError(f"{cfg.splits}: its val part is empty, and calibrate=true fits class biases on validation "
                           "records: give a split with validation records, or set calibrate=false")
-    print(f"no validation records: a final fit, all {cfg.epochs} epochs trained and the last epoch's weights kept "
+    kept = "the moving average of the weights (ema_decay) after the last epoch" if cfg.ema_decay else "the last epoch's weights"
+    print(f"no validation records: a final fit, all {cfg.epochs} epochs trained and {kept} kept "
           "(nothing is chosen on validation; patience is not used)")
+
+
+def _precheck_val_fraction(cfg: FinetuneConfig, out: Path) -> None:
+    """Before anything is written: a ``val_fraction`` that would round to 0 records of the label file's."""
+    if cfg.val_fraction > 0 and not cfg.splits and not (out / "splits.json").is_file():
+        label_file = find_label_file(cfg.data, cfg.labels)
+        if label_file is not None and Path(label_file).is_file():
+            _val_rounds_to_zero(cfg, len(read_labels(label_file)))
 
 
 def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Read, split and preprocess CinC 2017, train (resuming a checkpoint in ``cfg.out``), then score the best model."""
     out = Path(cfg.out)
+    _precheck_val_fraction(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     check_run_splits(cfg, out)
     save_or_check_config(cfg, out / "config.yaml", canonical=with_current_model_name)
@@ -352,7 +372,7 @@ def _write_outputs(cfg: FinetuneConfig, data: FinetuneData, out: Path, device: t
                   normalization={"mean": data.normalization.mean, "std": data.normalization.std, "units": "mV"},
                   input=cfg.input, pooling=cfg.pooling, window_samples=int(round(cfg.crop_seconds * cfg.fs)),
                   hop_samples=int(round(cfg.hop_seconds * cfg.fs)), paper_samples=cfg.paper_samples,
-                  task="cinc2017", init=cfg.init, seed=cfg.seed, best_round=state.best_round,
+                  task="cinc2017", init=cfg.init, seed=cfg.seed, best_round=state.best_round, selected_on=_selected_on(data),
                   rounds_run=state.round, steps=state.step, train_records=len(data.train_names), config=to_dict(cfg))
     if cfg.calibrate:  # before the card is written, so that no card without the biases ever exists
         best = _set_pooling(create_model(architecture, num_classes=NUM_CLASSES, width=width), cfg)
@@ -364,11 +384,19 @@ def _write_outputs(cfg: FinetuneConfig, data: FinetuneData, out: Path, device: t
               f"validation macro-F1 {macro_f1(data.labels['val'], val_probs.argmax(1), NUM_CLASSES):.3f} -> {val_f1:.3f}")
         fields["class_bias"] = bias.tolist()
     write_card(out / "model.json", out / BEST_FILE, expected_sha256=state.best_sha256 or None, **fields)
-    results = {"best_round": state.best_round, "rounds_run": state.round, "stopped_early": state.stopped_early,
+    results = {"best_round": state.best_round, "selected_on": _selected_on(data), "rounds_run": state.round,
+               "stopped_early": state.stopped_early,
                "train_minutes_this_session": round(train_minutes, 2), **score_best_model(cfg, data, out, device, state.best_round)}
     plot_curves(out / "metrics.csv", out / "curves.png")
     atomic_write(out / "results.json", json.dumps(results, indent=1, default=float))
     return results
+
+
+def _selected_on(data: FinetuneData) -> str:
+    """How the kept weights were chosen, as the card and ``results.json`` record it."""
+    if data.splits["val"]:
+        return f"validation macro-F1 (best epoch, {len(data.splits['val'])} validation records)"
+    return "none: a final fit without validation records (the last epoch's weights)"
 
 
 def plot_curves(metrics_csv: Path, png: Path) -> None:
