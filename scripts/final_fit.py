@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
-from ecgtl.config import FinetuneConfig, load_config, save_or_check_config
+from ecgtl.config import FinetuneConfig, load_config, to_dict
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.splits import load_splits, save_splits
 from ecgtl.evaluate.commands import run_evaluate
@@ -138,7 +139,12 @@ def train_members(seeds: list[int], data: Path, runs: Path, overrides: list[str]
         cfg = load_config(FinetuneConfig, "cpu", "finetune", [f"data={data}", f"out={run}", f"splits={splits}", "val_fraction=0",
                                                               f"seed={seed}", "bootstrap=0", *overrides])
         if (run / "results.json").is_file():  # finished: never retrained, but never another recipe's (e.g. a smoke test's)
-            save_or_check_config(cfg, run / "config.yaml", canonical=with_current_model_name)
+            saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
+            wanted = json.loads(json.dumps(with_current_model_name(to_dict(cfg)), default=str))
+            differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+            if differ:
+                raise SystemExit(f"{run}: a finished member trained with other settings ({', '.join(differ)}); "
+                                 "use another --runs folder, or delete it to train it again")
         else:  # a killed member resumes from its checkpoint
             run_finetune(cfg, progress=False)
         out.append(run)
@@ -150,8 +156,6 @@ def score_test(ensemble: Path, members: list[Path], data: Path, runs: Path, repo
     from seed_ensemble import score_test as score
     from seed_ensemble import standard_splits
 
-    if (report / "final-fit-test-score.json").is_file():
-        raise SystemExit(f"{report / 'final-fit-test-score.json'}: the final fit was scored already; the protocol scores it once")
     split = standard_splits(data, runs)
     test = set(load_splits(split)["test"])
     for member in members:
@@ -187,6 +191,8 @@ def main() -> int:
             raise SystemExit(f"selection members not trained: {missing} (python scripts/recipe_ablation.py --only full)")
         check_last_epoch(selection, data, runs, report)
         return 0
+    if args.score_test and (report / "final-fit-test-score.json").is_file():
+        raise SystemExit(f"{report / 'final-fit-test-score.json'}: the final fit was scored already; the protocol scores it once")
     members = train_members(seeds, data, runs, args.set)
     ensemble = runs / "ensemble-final-fit"
     run_ensemble([str(m) for m in members], ensemble, data=str(data), progress=False)
