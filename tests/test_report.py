@@ -217,6 +217,20 @@ def test_paired_statistics():
     assert null.tested and not null.significant and null.ci[0] < 0 < null.ci[1]
 
 
+def test_a_finding_says_suggestive_where_only_the_interval_excludes_zero():
+    """3 pairs, all higher (the 2-D STFT pair of the cpu grid): the bootstrap interval excludes 0, the t-test does not."""
+    from ecgtl.experiments.report import finding
+
+    up = paired_test([0.740, 0.753, 0.748], [0.736, 0.710, 0.720])
+    assert up.tested and not up.significant and up.ci[0] > 0 and up.p_t >= 0.05
+    text = finding("2-D, beat vs random init", up)
+    assert "suggestive, not significant" in text and "no evidence" not in text
+    down = paired_test([0.725, 0.685, 0.705], [0.745, 0.760, 0.744])
+    assert down.ci[1] < 0 and not down.significant and "a suggestive, not significant loss" in finding("rhythm", down)
+    flat = paired_test([0.753, 0.748, 0.754], [0.745, 0.760, 0.744])  # +0.002 on average, the interval across 0
+    assert flat.ci[0] < 0 < flat.ci[1] and finding("beat", flat).endswith("no evidence that pre-training helped.")
+
+
 def test_published_numbers_are_the_protocols():
     paper = {p.setting: p for p in PUBLISHED if p.source.startswith("Weimann")}
     assert paper["random init"].f1 == 0.731 and paper["beat, frame 2048"].f1 == 0.779

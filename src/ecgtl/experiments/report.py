@@ -448,10 +448,15 @@ def finding(subject: str, p: Paired, metric: str = "test macro-F1") -> str:
     if p.significant:
         change = "raised" if d > 0 else "lowered"
         return f"{subject}: pre-training {change} {metric} by {fmt(abs(d))} ({base}); significant ({stats_text})."
+    ci_clear = p.ci is not None and (p.ci[0] > 0 or p.ci[1] < 0)  # the interval alone excludes 0, the tests do not
     if d > 0 and fmt(d) != "0.000":
-        return (f"{subject}: {metric} higher by {fmt(d)} on average ({base}), but not significant ({stats_text}): "
-                "no evidence that pre-training helped.")
-    return f"{subject}: pre-training did not help: {metric} {fmt(d, True)} ({base}); not significant ({stats_text})."
+        verdict = ("suggestive, not significant: the bootstrap interval excludes 0 but the tests do not reject "
+                   "(with few pairs the interval is unreliable); more seeds would decide" if ci_clear
+                   else "no evidence that pre-training helped")
+        return f"{subject}: {metric} higher by {fmt(d)} on average ({base}), but not significant ({stats_text}): {verdict}."
+    lower = (": the bootstrap interval lies below 0 but the tests do not reject, a suggestive, not significant loss"
+             if ci_clear and d < 0 else "")
+    return f"{subject}: pre-training did not help: {metric} {fmt(d, True)} ({base}); not significant ({stats_text}){lower}."
 
 
 def sweep_finding(subject: str, axis: str, points: list[tuple[float, Paired]], unit: str = "") -> str:
