@@ -311,10 +311,12 @@ def _val_rounds_to_zero(cfg: FinetuneConfig, n_records: int) -> None:
                           "or set val_fraction=0 for a final fit without validation (every epoch trained, the last kept)")
 
 
-def check_final_fit(cfg: FinetuneConfig, n_records: int) -> None:
-    """Accept a split without validation records only as a final fit asked for (``val_fraction=0`` or a
-    splits file whose ``val`` is empty), never as a too-small ``val_fraction`` that rounded to 0 records."""
-    _val_rounds_to_zero(cfg, n_records)
+def check_final_fit(cfg: FinetuneConfig) -> None:
+    """A split without validation records: refuse ``calibrate`` (it fits on them) and say what a final fit keeps.
+
+    A ``val_fraction`` that rounded to 0 records was refused before the split was made or saved
+    (:func:`_precheck_val_fraction`, :func:`resolve_splits`).
+    """
     if cfg.calibrate:
         raise ConfigError(f"{cfg.splits}: its val part is empty, and calibrate=true fits class biases on validation "
                           "records: give a split with validation records, or set calibrate=false")
@@ -344,7 +346,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     by_name, cinc = read_labelled_records(cfg, progress)
     splits = resolve_splits(cfg, out, by_name, cinc)
     if not splits["val"]:
-        check_final_fit(cfg, len(by_name))
+        check_final_fit(cfg)
     data = prepare_data(cfg, by_name, splits)
     model, width = build_model(cfg)
     model.to(device)
