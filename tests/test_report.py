@@ -253,3 +253,22 @@ def test_help_and_module_entry_point(full_table, tmp_path):
     code = "import sys, ecgtl.experiments.report; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == ["False", "False"]  # the report needs neither PyTorch nor, until it draws, matplotlib
+
+
+def test_a_sweep_finding_separates_suggestive_points_from_plain_ones():
+    """The cpu grid's label-fraction pattern: one significant point, two where only the interval excludes 0, one flat, one lower."""
+    from ecgtl.experiments.report import sweep_finding
+
+    up = paired_test([0.740, 0.753, 0.748], [0.736, 0.710, 0.720])  # interval above 0, t-test does not reject
+    flat = paired_test([0.753, 0.748, 0.754], [0.745, 0.760, 0.744])  # +0.002, interval across 0
+    down = paired_test([0.725, 0.685, 0.705], [0.745, 0.760, 0.744])  # interval below 0, t-test does not reject
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.6, 0.8, 10)
+    clear = paired_test(base + 0.05 + rng.normal(0, 0.005, 10), base)
+    text = sweep_finding("beat", "label fraction", [(0.01, up), (0.1, clear), (0.25, up), (0.5, down), (1.0, flat)])
+    assert "significantly higher than random init at label fraction 0.1;" in text
+    assert "higher, suggestive but not significant (the bootstrap interval excludes 0, the tests do not reject) at label fraction 0.01, 0.25;" in text
+    assert "lower, suggestive but not significant (the bootstrap interval lies below 0, the tests do not reject) at label fraction 0.5" in text
+    assert "higher on average but not significantly at label fraction 1;" in text  # +0.002, the interval across 0
+    same = paired_test([0.745, 0.752, 0.751], [0.744, 0.748, 0.755])  # +0.000 after cutting to 3 decimals
+    assert sweep_finding("beat", "fs", [(125, same)], " Hz") == "beat: not higher (pre-training did not help) at fs 125 Hz."

@@ -460,17 +460,22 @@ def finding(subject: str, p: Paired, metric: str = "test macro-F1") -> str:
 
 
 def sweep_finding(subject: str, axis: str, points: list[tuple[float, Paired]], unit: str = "") -> str:
-    """Where along a sweep pre-training was significantly better, not better, or untested."""
-    groups = {"significantly higher than random init": [], "higher on average but not significantly": [],
-              "not higher (pre-training did not help)": [], "significantly lower than random init": [], "too few seeds to test": []}
+    """Where along a sweep pre-training was significantly better, suggestively better (only the interval excludes 0), not better, or untested."""
+    groups = {"significantly higher than random init": [],
+              "higher, suggestive but not significant (the bootstrap interval excludes 0, the tests do not reject)": [],
+              "higher on average but not significantly": [], "not higher (pre-training did not help)": [],
+              "lower, suggestive but not significant (the bootstrap interval lies below 0, the tests do not reject)": [],
+              "significantly lower than random init": [], "too few seeds to test": []}
+    suggestive_up, plain_up, flat, suggestive_down = list(groups)[1:5]
     for value, p in points:
         if not p.tested:
             key = "too few seeds to test"
         elif p.significant:
             key = "significantly higher than random init" if p.mean_diff > 0 else "significantly lower than random init"
+        elif p.mean_diff > 0 and fmt(p.mean_diff) != "0.000":
+            key = suggestive_up if p.ci is not None and p.ci[0] > 0 else plain_up
         else:
-            higher = p.mean_diff > 0 and fmt(p.mean_diff) != "0.000"
-            key = "higher on average but not significantly" if higher else "not higher (pre-training did not help)"
+            key = suggestive_down if p.ci is not None and p.ci[1] < 0 else flat
         groups[key].append(fmt_axis(value))
     parts = [f"{k} at {axis} {', '.join(v)}{unit}" for k, v in groups.items() if v]
     return f"{subject}: " + "; ".join(parts) + "."
