@@ -31,6 +31,7 @@ from sklearn.model_selection import train_test_split
 from ecgtl.config import FinetuneConfig, load_config
 from ecgtl.data.cinc2017 import find_label_file, read_labels
 from ecgtl.data.splits import load_splits, make_splits, save_splits
+from ecgtl.experiments.report import fmt
 from ecgtl.fileio import atomic_write
 from ecgtl.train.finetune import run_finetune
 
@@ -71,7 +72,22 @@ def run_variant(name: str, overrides: list[str], seed: int, data: Path, splits: 
             "train_minutes": round(sum(float(r["train_seconds"]) for r in rows) / 60, 2), "overrides": " ".join(overrides)}
 
 
+def finished_seeds(name: str, runs: Path) -> list[int]:
+    """Seeds of the finished runs of variant ``name`` in ``runs`` (folders ``NAME-seedS`` with a results.json), whatever --seeds says."""
+    prefix = f"{name}-seed"
+    return sorted(int(d.name[len(prefix):]) for d in runs.glob(f"{prefix}*")
+                  if d.name[len(prefix):].isdigit() and (d / "results.json").is_file())
+
+
+def finished_rows(variants: dict, extra: list[str], data: Path, splits: Path, runs: Path) -> list[dict]:
+    """One row per finished run of every variant, all seeds: the table never loses a run that --seeds leaves out."""
+    return [run_variant(n, list(variants[n]["set"]) + extra, s, data, splits, runs)
+            for n in variants for s in finished_seeds(n, runs)]
+
+
 def write_table(rows: list[dict], variants: dict, out: Path) -> None:
+    """``ablation.csv`` (a row per run) and ``ablation.md`` (a row per variant, scores cut to 3 decimals, never rounded up)."""
+    out.mkdir(parents=True, exist_ok=True)
     text = io.StringIO()
     w = csv.DictWriter(text, fieldnames=list(rows[0]))
     w.writeheader()
@@ -85,8 +101,8 @@ def write_table(rows: list[dict], variants: dict, out: Path) -> None:
             continue
         f1 = [r["val_macro_f1"] for r in got]
         sd = statistics.stdev(f1) if len(f1) > 1 else float("nan")
-        lines.append(f"| {name} | `{' '.join(spec['set']) or '(none)'}` | {len(got)} | {statistics.mean(f1):.3f} +- {sd:.3f} | "
-                     f"{statistics.mean(r['val_challenge_f1'] for r in got):.3f} | {', '.join(str(r['best_epoch']) for r in got)} | "
+        lines.append(f"| {name} | `{' '.join(spec['set']) or '(none)'}` | {len(got)} | {fmt(statistics.mean(f1))} +- {fmt(sd)} | "
+                     f"{fmt(statistics.mean(r['val_challenge_f1'] for r in got))} | {', '.join(str(r['best_epoch']) for r in got)} | "
                      f"{statistics.mean(r['train_minutes'] for r in got):.1f} |")
     atomic_write(out / "ablation.md", "\n".join(lines) + "\n")
 
@@ -113,8 +129,7 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.table_only:
         names = []
-        rows = [run_variant(n, list(variants[n]["set"]) + args.set, s, Path(args.data), splits, runs)
-                for n in variants for s in seeds if (runs / f"{n}-seed{s}" / "results.json").is_file()]
+        rows = finished_rows(variants, args.set, Path(args.data), splits, runs)
         if rows:
             write_table(rows, variants, report)
         else:
@@ -123,9 +138,7 @@ def main() -> int:
     for name in names:
         for seed in seeds:
             run_variant(name, list(variants[name]["set"]) + args.set, seed, Path(args.data), splits, runs)
-            rows = [run_variant(n, list(variants[n]["set"]) + args.set, s, Path(args.data), splits, runs)
-                    for n in variants for s in seeds if (runs / f"{n}-seed{s}" / "results.json").is_file()]
-            write_table(rows, variants, report)
+            write_table(finished_rows(variants, args.set, Path(args.data), splits, runs), variants, report)
     print((report / "ablation.md").read_text())
     return 0
 

@@ -1,0 +1,45 @@
+"""``scripts/recipe_ablation.py``: its table keeps every finished run, whatever ``--seeds`` a later call names."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "recipe_ablation.py"
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("recipe_ablation", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _finished(runs: Path, name: str, seed: int, f1: float) -> None:
+    out = runs / f"{name}-seed{seed}"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({"val": {"macro_f1": f1, "challenge_f1": f1 + 0.03}, "best_round": 2}))
+    (out / "metrics.csv").write_text("round,train_seconds\n1,60\n2,60\n")
+
+
+def test_the_table_keeps_runs_of_seeds_a_later_call_does_not_name(ablation, tmp_path):
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    variants = {"augment": {"set": ["epochs=15"]}, "augment-stretch-flip": {"set": ["epochs=15"]}, "full": {"set": []}}
+    for seed, f1 in enumerate([0.76, 0.78, 0.77, 0.79, 0.75]):
+        _finished(runs, "full", seed, f1)
+    _finished(runs, "augment", 0, 0.70)
+    _finished(runs, "augment-stretch-flip", 1, 0.60)
+    (runs / "full-seed7").mkdir()  # started, not finished: no results.json
+    (runs / "full-seedx").mkdir()
+    assert ablation.finished_seeds("full", runs) == [0, 1, 2, 3, 4]
+    assert ablation.finished_seeds("augment", runs) == [0]  # not augment-stretch-flip's run
+    rows = ablation.finished_rows(variants, [], tmp_path / "data", tmp_path / "splits.json", runs)
+    assert [(r["variant"], r["seed"]) for r in rows] == [("augment", 0), ("augment-stretch-flip", 1)] + [("full", s) for s in range(5)]
+    ablation.write_table(rows, variants, report)
+    table = (report / "ablation.md").read_text()
+    assert "| full | `(none)` | 5 | 0.770 +- 0.015 | 0.800 |" in table  # std 0.0158: cut, not rounded up
+    assert len((report / "ablation.csv").read_text().splitlines()) == 8
