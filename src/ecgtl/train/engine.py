@@ -420,7 +420,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             loss, n = self.step_fn(self.model, batch)
         if not torch.isfinite(loss):  # never let NaN weights reach a checkpoint
-            raise TrainingDiverged(f"{self.out}: non-finite loss {float(loss)} in round {r + 1}, step {self.state.step + 1}")
+            raise TrainingDiverged(f"{self.out}: non-finite loss {loss.detach().item()} in round {r + 1}, step {self.state.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
