@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from ecgtl.config import FinetuneConfig, load_config, to_dict
+from ecgtl.config import FinetuneConfig, load_config, save_or_check_config
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.splits import load_splits, save_splits
+from ecgtl.errors import ConfigError
 from ecgtl.evaluate.commands import run_evaluate
 from ecgtl.evaluate.ensemble import run_ensemble
 from ecgtl.evaluate.metrics import macro_f1
@@ -139,12 +139,10 @@ def train_members(seeds: list[int], data: Path, runs: Path, overrides: list[str]
         cfg = load_config(FinetuneConfig, "cpu", "finetune", [f"data={data}", f"out={run}", f"splits={splits}", "val_fraction=0",
                                                               f"seed={seed}", "bootstrap=0", *overrides])
         if (run / "results.json").is_file():  # finished: never retrained, but never another recipe's (e.g. a smoke test's)
-            saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
-            wanted = json.loads(json.dumps(with_current_model_name(to_dict(cfg)), default=str))
-            differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
-            if differ:
-                raise SystemExit(f"{run}: a finished member trained with other settings ({', '.join(differ)}); "
-                                 "use another --runs folder, or delete it to train it again")
+            try:  # epochs included: a finished member is kept only as the protocol asks it
+                save_or_check_config(cfg, run / "config.yaml", canonical=with_current_model_name, resumable=())
+            except ConfigError as exc:
+                raise SystemExit(f"{run}: a finished member trained with other settings: {exc}") from None
         else:  # a killed member resumes from its checkpoint
             run_finetune(cfg, progress=False)
         out.append(run)

@@ -364,6 +364,16 @@ def test_a_folder_without_training_state_takes_a_new_config(subset, tmp_path):
         save_or_check_config(_ft_cfg(subset, tmp_path), tmp_path / "config.yaml")
 
 
+
+def test_a_finished_run_reused_as_it_is_allows_no_resumable_change(subset, tmp_path):
+    """``resumable=()`` (scripts/final_fit.py reusing a finished member): more epochs, allowed on resume, are refused too."""
+    save_or_check_config(_ft_cfg(subset, tmp_path, "epochs=2"), tmp_path / "config.yaml")
+    (tmp_path / "metrics.csv").write_text("round\n1\n")  # training state: the folder holds a run
+    save_or_check_config(_ft_cfg(subset, tmp_path, "epochs=3"), tmp_path / "config.yaml")  # resuming: epochs may grow
+    with pytest.raises(ConfigError, match=r"other settings \(epochs\)"):
+        save_or_check_config(_ft_cfg(subset, tmp_path, "epochs=2"), tmp_path / "config.yaml", resumable=())
+    save_or_check_config(_ft_cfg(subset, tmp_path, "epochs=3"), tmp_path / "config.yaml", resumable=())
+
 def _pre_cfg(store, out, *extra) -> PretrainConfig:
     return load_config(PretrainConfig, "cpu", "pretrain", PRETRAIN_TINY + [f"store={store}", f"out={out}", *extra])
 

@@ -547,13 +547,13 @@ TRAINING_STATE_FILES = {"checkpoint.pt", "best.safetensors", "best-pending.safet
                         "backbone.safetensors"}
 
 
-def save_or_check_config(cfg, path: str | os.PathLike, canonical=None) -> None:
+def save_or_check_config(cfg, path: str | os.PathLike, canonical=None, resumable=RESUMABLE_CHANGES) -> None:
     """Write the run's config, or, when the run folder already holds a run, refuse a different one.
 
     A run folder belongs to one configuration as soon as it holds training state (a
     checkpoint, weights, a metrics log, a card): resuming it under other settings would mix
     two experiments in one result. Only the fields of :data:`RESUMABLE_CHANGES` may differ
-    (e.g. more epochs). Before that (a run that failed at start-up, e.g. out of GPU memory)
+    (e.g. more epochs); ``resumable=()`` allows none (a finished run reused as it is). Before that (a run that failed at start-up, e.g. out of GPU memory)
     the new config replaces the old one; the files written before training guard themselves
     (``splits.json`` its split settings, pre-training's ``training_set.json`` its patients). Fields the
     saved config lacks (added in a later version) count as their defaults; ``canonical(dict)``
@@ -574,7 +574,7 @@ def save_or_check_config(cfg, path: str | os.PathLike, canonical=None) -> None:
         old = _plain(to_dict(type(cfg)()))
         _merge(old, saved)
         old = canonical(old)
-        changed = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        changed = sorted(k for k in set(old) | set(new) if k not in resumable and old.get(k) != new.get(k))
         if changed:
             raise ConfigError(f"{path}: this run folder holds a run with other settings ({', '.join(changed)}); "
                               "use another --out, or delete the folder to start over")

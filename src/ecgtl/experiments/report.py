@@ -461,17 +461,16 @@ def finding(subject: str, p: Paired, metric: str = "test macro-F1") -> str:
 
 def sweep_finding(subject: str, axis: str, points: list[tuple[float, Paired]], unit: str = "") -> str:
     """Where along a sweep pre-training was significantly better, suggestively better (only the interval excludes 0), not better, or untested."""
-    groups = {"significantly higher than random init": [],
-              "higher, suggestive but not significant (the bootstrap interval excludes 0, the tests do not reject)": [],
-              "higher on average but not significantly": [], "not higher (pre-training did not help)": [],
-              "lower, suggestive but not significant (the bootstrap interval lies below 0, the tests do not reject)": [],
-              "significantly lower than random init": [], "too few seeds to test": []}
-    suggestive_up, plain_up, flat, suggestive_down = list(groups)[1:5]
+    up, down = "significantly higher than random init", "significantly lower than random init"
+    suggestive_up = "higher, suggestive but not significant (the bootstrap interval excludes 0, the tests do not reject)"
+    suggestive_down = "lower, suggestive but not significant (the bootstrap interval lies below 0, the tests do not reject)"
+    plain_up, flat, untested = "higher on average but not significantly", "not higher (pre-training did not help)", "too few seeds to test"
+    groups = {k: [] for k in (up, suggestive_up, plain_up, flat, suggestive_down, down, untested)}
     for value, p in points:
         if not p.tested:
-            key = "too few seeds to test"
+            key = untested
         elif p.significant:
-            key = "significantly higher than random init" if p.mean_diff > 0 else "significantly lower than random init"
+            key = up if p.mean_diff > 0 else down
         elif p.mean_diff > 0 and fmt(p.mean_diff) != "0.000":
             key = suggestive_up if p.ci is not None and p.ci[0] > 0 else plain_up
         else:
