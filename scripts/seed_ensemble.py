@@ -15,6 +15,15 @@ fitted on the average (the honest figure: 2-fold cross-fitted, 20 repeats;
 that model -- and, for reference only, each member -- on the standard split's test records
 (``make_splits`` seed 0, as ``ecgtl finetune`` makes it). ``benchmarks/gpu_finetune.sh`` runs the
 same on a GPU for the full-width variants.
+
+Each variant writes its own files in ``--report`` (``full``, the baseline, keeps the plain names
+``ensemble.md``, ``ensemble-validation.json``, ``test-score.json``; variant ``X`` writes
+``ensemble-X.md``, ``ensemble-X-validation.json``, ``test-score-X.json``). A model's test split is
+scored once: ``--score-test`` is refused when its score file exists. Once the baseline has been
+scored in a report folder, another variant earns a look at the test split only if its validation
+macro-F1 (the cross-fitted one when biases are kept) is at least ``MIN_VAL_GAIN`` above the
+baseline's on the same validation records; otherwise the look is refused, and the variant stays a
+validation result. This rule was committed before the members of any further variant existed.
 """
 
 from __future__ import annotations
@@ -37,6 +46,41 @@ from ecgtl.evaluate.metrics import macro_f1
 from ecgtl.fileio import atomic_write
 
 HERE = Path(__file__).resolve().parents[1]
+BASELINE = "full"  # the variant whose ensemble was scored first (reports/recipe-ablation/test-score.json)
+MIN_VAL_GAIN = 0.01  # validation macro-F1 a further variant must gain over the scored baseline to earn a test look
+
+
+def report_file(out: Path, stem: str, variant: str, suffix: str) -> Path:
+    """``out / stem+suffix`` for the baseline variant, ``out / stem-VARIANT+suffix`` for any other."""
+    return out / (f"{stem}{suffix}" if variant == BASELINE else f"{stem}-{variant}{suffix}")
+
+
+def validation_score(doc: dict) -> float:
+    """The validation macro-F1 an ensemble file stands for: cross-fitted when it keeps class biases, else plain."""
+    val = doc["validation"]
+    cal = val.get("calibration") or {}
+    return cal["macro_f1_cross_fitted"] if cal.get("kept") else val["macro_f1"]
+
+
+def check_test_look(out: Path, variant: str, doc: dict) -> Path:
+    """The score file for ``variant``'s test look, or SystemExit when the look is not allowed (see the module doc)."""
+    target = report_file(out, "test-score", variant, ".json")
+    if target.is_file():
+        raise SystemExit(f"{target}: this model's test split was scored already; it is scored once")
+    scored = report_file(out, "test-score", BASELINE, ".json")
+    if variant != BASELINE and scored.is_file():
+        base_file = report_file(out, "ensemble", BASELINE, "-validation.json")
+        if not base_file.is_file():
+            raise SystemExit(f"{base_file}: missing, so variant {variant} cannot be compared with the scored baseline")
+        base = json.loads(base_file.read_text())
+        if base["validation"]["records"] != doc["validation"]["records"]:
+            raise SystemExit(f"variant {variant} was validated on {doc['validation']['records']} records, the baseline on "
+                             f"{base['validation']['records']}: not the same validation records")
+        mine, ref = validation_score(doc), validation_score(base)
+        if mine < ref + MIN_VAL_GAIN:
+            raise SystemExit(f"variant {variant}: validation macro-F1 {mine:.4f} is not at least {MIN_VAL_GAIN} above the scored "
+                             f"baseline's {ref:.4f} ({base_file}): no further look at the test split")
+    return target
 
 
 def read_val_predictions(run: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -68,7 +112,7 @@ def validation_table(runs: list[Path], out: Path, variant: str = "full") -> list
     w = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    atomic_write(out / "ensemble.csv", text.getvalue())
+    atomic_write(report_file(out, "ensemble", variant, ".csv"), text.getvalue())
     what = "the cpu preset as it is (30 epochs)" if variant == "full" else f"variant `{variant}`"
     lines = [f"Seed ensembles of {what} (members from `scripts/recipe_ablation.py`), validation records of the selection split (n = {len(y)}). "
              f"*Cross-fitted*: biases fitted on one stratified half, scored on the other ({CROSS_FIT_REPEATS} repeats, "
@@ -79,7 +123,7 @@ def validation_table(runs: list[Path], out: Path, variant: str = "full") -> list
         lines.append(f"| {r['members']} ({r['seeds']}) | {r['member_val_macro_f1']:.4f} | {r['val_macro_f1']:.4f} | "
                      f"{r['val_macro_f1_biases_cross_fitted']:.4f} +- {r['cross_fitted_std']:.4f} | "
                      f"{r['val_macro_f1_biases_fitted_here']:.4f} |")
-    atomic_write(out / "ensemble.md", "\n".join(lines) + "\n")
+    atomic_write(report_file(out, "ensemble", variant, ".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows
 
@@ -144,10 +188,13 @@ def main() -> int:
     run_ensemble([str(r) for r in runs], ensemble, data=args.data, calibrate=True, progress=False)
     doc = json.loads((ensemble / "ensemble.json").read_text())  # the record (the model itself stays in its run folder)
     doc["validation"].pop("record_names", None)  # 1,160 names: the selection split file lists them
-    atomic_write(out / "ensemble-validation.json", json.dumps({k: doc[k] for k in ("class_bias", "members", "validation")}
-                                                              | {"ensemble_file": str(ensemble / "ensemble.json")}, indent=1) + "\n")
+    atomic_write(report_file(out, "ensemble", args.variant, "-validation.json"),
+                 json.dumps({k: doc[k] for k in ("class_bias", "members", "validation")}
+                            | {"ensemble_file": str(ensemble / "ensemble.json")}, indent=1) + "\n")
+    print(f"variant {args.variant}: ensemble validation macro-F1 {validation_score(doc):.4f}")
     if args.score_test:
-        score_test(ensemble, runs, Path(args.data), standard_splits(Path(args.data), runs_dir), out)
+        target = check_test_look(out, args.variant, doc)
+        score_test(ensemble, runs, Path(args.data), standard_splits(Path(args.data), runs_dir), out, name=target.name)
     return 0
 
 
