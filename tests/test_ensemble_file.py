@@ -223,3 +223,43 @@ def test_members_of_a_final_fit_make_an_unvalidated_ensemble(setup, tmp_path):
     assert report["n"] == 8 and report["macro_f1"] == plain["macro_f1"]
     got, want = _read_predictions(tmp_path / "ev" / "predictions.csv"), _read_predictions(tmp_path / "ev-plain" / "predictions.csv")
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got)  # the members' mean, no bias
+
+
+def test_test_time_shifts_live_in_the_ensemble_file(setup, tmp_path, capsys):
+    """``ecgtl ensemble --test-time-shifts``: the file keeps the shifts, validation gives the score without them
+    too, and ``evaluate`` of the file averages every window at every shift (as the members loaded with them)."""
+    runs, data = setup["runs"], setup["data"]
+    out = tmp_path / "ens"
+    assert cli(["ensemble", "--checkpoint", *map(str, runs[:2]), "--out", str(out), "--test-time-shifts", "0,8,16",
+                "--no-progress"]) == 0
+    assert "test-time shifts 0,8,16 samples" in capsys.readouterr().out
+    doc = json.loads((out / "ensemble.json").read_text())
+    assert doc["test_time_shifts"] == [0, 8, 16] and read_ensemble(out).test_time_shifts == [0, 8, 16]
+    plain = run_ensemble([str(r) for r in runs[:2]], tmp_path / "plain", progress=False, workers=0)
+    val = doc["validation"]
+    assert val["test_time_shifts"] == [0, 8, 16] and val["macro_f1_without_shifts"] == plain["validation"]["macro_f1"]
+    assert plain["test_time_shifts"] is None and "macro_f1_without_shifts" not in plain["validation"]
+
+    run_evaluate(str(out), str(data), n_boot=0, progress=False, workers=0, out=str(tmp_path / "e-file"))
+    run_evaluate([str(r) for r in runs[:2]], str(data), n_boot=0, progress=False, workers=0, out=str(tmp_path / "e-plain"))
+    got, unshifted = _read_predictions(tmp_path / "e-file" / "predictions.csv"), _read_predictions(tmp_path / "e-plain" / "predictions.csv")
+    from ecgtl.data.cinc2017 import Cinc2017
+
+    cinc = Cinc2017(data)
+    recs = [cinc.read(n) for n in sorted(got)]
+    want = Ensemble.load([str(r) for r in runs[:2]], shifts=[0, 8, 16]).predict_proba([r.signal for r in recs], [r.fs for r in recs])
+    np.testing.assert_allclose(np.array([got[r.name] for r in recs]), want, atol=2e-6)
+    assert max(np.abs(got[k] - unshifted[k]).max() for k in got) > 1e-4  # the shifts change the probabilities
+
+    with pytest.raises(ConfigError, match="carries its own test_time_shifts"):
+        Ensemble.load(str(out), shifts=[0, 4])
+    with pytest.raises(ConfigError, match=r"distinct sample offsets in \[0, 1024\)"):
+        run_ensemble([str(r) for r in runs[:2]], tmp_path / "bad", shifts=[0, 1024], progress=False, workers=0)
+    assert not (tmp_path / "bad").exists()
+    for bad in ([], [-4], [0, 2.5], "0,8", [True]):
+        (out / "ensemble.json").write_text(json.dumps(dict(doc, test_time_shifts=bad)))
+        with pytest.raises(ConfigError, match="test_time_shifts must be null or a list of sample offsets"):
+            read_ensemble(out)
+    with pytest.raises(SystemExit):
+        cli(["ensemble", "--checkpoint", str(runs[0]), "--out", str(tmp_path / "x"), "--test-time-shifts", "0,a"])
+    assert "expected comma-separated whole numbers" in capsys.readouterr().err

@@ -20,6 +20,12 @@ estimate beats the uncalibrated ensemble's macro-F1 on the same records; the fil
 
 Members of a final fit (``val_fraction=0``: no validation records) make an *unvalidated*
 ensemble: its ``validation`` is null, it has no biases, and ``--calibrate`` is refused.
+
+With ``--test-time-shifts 0,4,...,28`` (test-time augmentation) every member also reads each
+window of a record shifted by those samples (at its own input rate) and averages them
+(:class:`~ecgtl.evaluate.inference.Classifier`); the file keeps the shifts, so ``evaluate`` and
+``predict`` use them too. Its validation also gives the macro-F1 without the shifts, for
+comparison (the members' best epochs were chosen on the unshifted records, which favours them).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class EnsembleFile:
     members: list[Path]
     class_bias: list[float] | None
     validation_records: list[str]  # the records it was validated (and calibrated) on: optimistic to score there
+    test_time_shifts: list[int] | None = None  # sample offsets of each window, averaged (None: none)
 
 
 def ensemble_path(checkpoint: str | os.PathLike) -> Path | None:
@@ -96,8 +103,13 @@ def read_ensemble(path: str | os.PathLike) -> EnsembleFile:
                 or not all(isinstance(b, (int, float)) and np.isfinite(b) for b in bias)):
             raise ConfigError(f"{path}: class_bias must be null or {n_classes} finite numbers (one per class), got {bias!r}")
         bias = [float(b) for b in bias]
+    shifts = doc.get("test_time_shifts")
+    if shifts is not None and (not isinstance(shifts, list) or not shifts
+                               or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in shifts)):
+        raise ConfigError(f"{path}: test_time_shifts must be null or a list of sample offsets (whole numbers >= 0), got {shifts!r}")
     names = (doc.get("validation") or {}).get("record_names") or []
-    return EnsembleFile(path=path, members=members, class_bias=bias, validation_records=[str(n) for n in names])
+    return EnsembleFile(path=path, members=members, class_bias=bias, validation_records=[str(n) for n in names],
+                        test_time_shifts=shifts)
 
 
 def expand_checkpoints(checkpoints: list[str]) -> tuple[list[str], EnsembleFile | None]:
@@ -196,9 +208,10 @@ def _member_data(cards: list[Path]) -> str:
 
 def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | None = None, records: str | None = None,
                  labels: str = "v3", calibrate: bool = False, device: str = "auto", workers: int | str | None = "auto",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, shifts: list[int] | None = None) -> dict:
     """Make the ensemble file of ``checkpoints`` in ``out`` (with ``calibrate``: biases fitted on the ensemble's
-    validation probabilities, kept only if cross-fitting says they help). Returns the file's content."""
+    validation probabilities, kept only if cross-fitting says they help; ``shifts``: test-time shifts, kept in the
+    file and used for its validation). Returns the file's content."""
     from ecgtl.constants import CINC_CLASSES
     from ecgtl.data.cinc2017 import Cinc2017
     from ecgtl.data.splits import read_record_list
@@ -215,14 +228,15 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
     if (out / "model.json").is_file():
         raise ConfigError(f"{out}: holds a model card (model.json); give the ensemble its own folder")
     cards = [find_card(c).resolve() for c in paths]
-    ens = Ensemble.load(paths, device=device)
+    ens = Ensemble.load(paths, device=device, shifts=shifts)
+    shifts = None if shifts is None else list(ens.members[0].shifts)
     data = data or _member_data(cards)
     names = read_record_list(records) if records else validation_records(cards)
     if not names:  # members of a final fit (val_fraction=0): nothing to validate or calibrate on
         if calibrate:
             raise ConfigError("the members list no validation records (trained without any: val_fraction=0) and --records "
                               "gives none: --calibrate needs labelled records that no member trained on")
-        doc = _ensemble_doc(ens.classes, cards, out, None, None)
+        doc = _ensemble_doc(ens.classes, cards, out, None, None, shifts)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / ENSEMBLE_FILE, json.dumps(doc, indent=1) + "\n")
         print(f"ensemble of {len(cards)} models, not validated (its members were trained without validation records)")
@@ -252,6 +266,11 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
                   "record_names": sorted(kept),
                   "skipped": [{"record": n, "error": e} for n, e in failures],
                   "member_macro_f1": member_f1, "macro_f1": plain["macro_f1"], "challenge_f1": plain["challenge_f1"]}
+    if shifts is not None:  # the same members without the shifts, on the same records, for comparison
+        _, _, unshifted, _, _ = classify_folder(Ensemble.load(paths, device=device), cinc, progress=progress, workers=workers,
+                                                names=kept)
+        validation["test_time_shifts"] = shifts
+        validation["macro_f1_without_shifts"] = classification_report(y, unshifted, n_boot=0)["macro_f1"]
     bias = None
     if calibrate:
         fitted, fitted_f1 = fit_class_bias(probs, y)
@@ -263,12 +282,15 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
             "macro_f1_cross_fitted": cross, "macro_f1_cross_fitted_std": cross_sd, "cross_fit_repeats": CROSS_FIT_REPEATS,
             "kept": bool(keep),
             "rule": "biases kept only if their 2-fold cross-fitted macro-F1 beats the uncalibrated ensemble's on the same records"}
-    doc = _ensemble_doc(ens.classes, cards, out, bias, validation)
+    doc = _ensemble_doc(ens.classes, cards, out, bias, validation, shifts)
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions_val.csv", kept, y, probs)
     atomic_write(out / ENSEMBLE_FILE, json.dumps(doc, indent=1) + "\n")
     print(f"ensemble of {len(cards)} models on {len(kept)} validation records: macro-F1 {plain['macro_f1']:.4f} "
           f"(members {', '.join(f'{f:.4f}' for f in member_f1)})")
+    if shifts is not None:
+        print(f"test-time shifts {','.join(map(str, shifts))} samples: macro-F1 {plain['macro_f1']:.4f} with them, "
+              f"{validation['macro_f1_without_shifts']:.4f} without")
     if calibrate:
         c = validation["calibration"]
         print(f"class biases {', '.join(f'{b:+.1f}' for b in c['fitted_bias'])}: macro-F1 cross-fitted "
@@ -278,12 +300,15 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
     return doc
 
 
-def _ensemble_doc(classes, cards: list[Path], out: Path, bias: list[float] | None, validation: dict | None) -> dict:
+def _ensemble_doc(classes, cards: list[Path], out: Path, bias: list[float] | None, validation: dict | None,
+                  shifts: list[int] | None = None) -> dict:
     """The ensemble file's content; ``validation`` None: members trained without validation records."""
     return {"format": FORMAT, "version": FORMAT_VERSION, "classes": list(classes),
-            "combine": "the mean of the members' class probabilities (each with its own preprocessing and class_bias), "
+            "combine": "the mean of the members' class probabilities (each with its own preprocessing and class_bias, "
+                       "each window also read at every test_time_shifts offset and averaged), "
                        "then the ensemble's class_bias: softmax(log p + bias)",
             "class_bias": bias,
+            "test_time_shifts": shifts,
             "members": [{"card": os.path.relpath(c, out.resolve()), **{k: json.loads(c.read_text()).get(k)
                                                                        for k in ("weights_sha256", "card_sha256")}}
                         for c in cards],
@@ -297,10 +322,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="folder for ensemble.json and the validation predictions")
     p.add_argument("--calibrate", action="store_true", help="fit per-class decision biases on the ensemble's validation "
                    "probabilities (kept only if cross-fitting says they help)")
+    p.add_argument("--test-time-shifts", type=_shifts, metavar="K,K,...",
+                   help="test-time augmentation: also read each window K samples later (at each member's rate) and "
+                   "average; one period of the 1-D ResNets' stride is 0,4,8,12,16,20,24,28 (default: none)")
     p.add_argument("--data", help="CinC-layout folder of the validation records (default: the members' config)")
     p.add_argument("--records", help="validation records: FILE.json:val or a file of names (default: the members' val split)")
     p.add_argument("--labels", default="v3", help="v3 (default), original, or a label file")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=lambda a: 0 if run_ensemble(a.checkpoint, a.out, a.data, a.records, a.labels, a.calibrate, a.device,
-                                                    progress=not a.no_progress) else 1)
+                                                    progress=not a.no_progress, shifts=a.test_time_shifts) else 1)
+
+
+def _shifts(text: str) -> list[int]:
+    """``--test-time-shifts``: comma-separated whole numbers of samples."""
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of samples (e.g. 0,8,16,24), got {text!r}") from None

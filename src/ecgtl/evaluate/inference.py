@@ -427,6 +427,27 @@ except ImportError:  # pragma: no cover - older models package
     _apply_conv_layout = None
 
 
+MAX_TEST_TIME_SHIFTS = 64
+
+
+def check_test_time_shifts(shifts: Sequence[int] | None, window: int, source: str | os.PathLike) -> tuple[int, ...]:
+    """``shifts`` checked for a model whose inputs are ``window`` samples long: distinct whole numbers in ``[0, window)``.
+
+    None means no test-time shifts, ``(0,)``. Raises :class:`ConfigError` naming ``source``.
+    """
+    if shifts is None:
+        return (0,)
+    shifts = list(shifts)
+    if not 1 <= len(shifts) <= MAX_TEST_TIME_SHIFTS:
+        raise ConfigError(f"{source}: test_time_shifts needs 1 to {MAX_TEST_TIME_SHIFTS} sample offsets, got {len(shifts)}")
+    if not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in shifts):
+        raise ConfigError(f"{source}: test_time_shifts must be whole numbers of samples, got {shifts!r}")
+    if len(set(shifts)) != len(shifts) or not all(0 <= k < window for k in shifts):
+        raise ConfigError(f"{source}: test_time_shifts must be distinct sample offsets in [0, {window}) (the model's "
+                          f"input is {window} samples), got {shifts!r}")
+    return tuple(int(k) for k in shifts)
+
+
 class Classifier:
     """A fine-tuned model ready to classify recordings (signal in mV at any sampling rate).
 
@@ -436,10 +457,17 @@ class Classifier:
     :meth:`predict_proba`, ``last_timing`` tells where its time went. ``pooling`` is the card's
     (``"mean"`` for cards without the field): with ``"masked"`` each input's record samples
     are given to the model, as in fine-tuning.
+
+    ``shifts`` (test-time augmentation; None: none): each window of a record is also taken
+    ``k`` samples later for every ``k`` (samples at the model's rate; the part past the record's
+    end is zeros, as its front padding is), and the record's probabilities average all of them.
+    A strided network is not shift invariant: one period of its total stride (32 samples for the
+    1-D ResNets here: ``0, 4, ..., 28``) averages out the phase at which it sees the signal.
+    Only the ``crop`` input (sliding windows) takes shifts.
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", batch_size: int | None = None,
-                 precision: str = "auto", conv_layout: str = "auto"):
+                 precision: str = "auto", conv_layout: str = "auto", shifts: Sequence[int] | None = None):
         path = find_card(checkpoint)
         self.card = read_card(path)  # the weights are checked against the card by model_from_card
         if self.card.get("task") != "cinc2017" or int(self.card.get("num_classes", 0)) < 2:
@@ -459,6 +487,10 @@ class Classifier:
         self.window = int(self.card.get("window_samples", 0))
         self.hop = int(self.card.get("hop_samples", 0))
         self.paper_samples = int(self.card.get("paper_samples", 16384))
+        self.shifts = check_test_time_shifts(shifts, self.input_samples, path)
+        if self.input == "paper" and self.shifts != (0,):
+            raise ConfigError(f"{path}: test-time shifts apply to sliding windows (input: crop); this model reads the "
+                              "study's padded input (input: paper), one input per record")
         self.plan = inference_plan(self.device, batch_size, precision, input_samples=self.input_samples)
         self.batch_size = self.plan.batch_size
         self.last_timing: InferenceTiming | None = None
@@ -480,7 +512,10 @@ class Classifier:
             return np.array([int(n_samples) - self.paper_samples], dtype=np.int64)
         if self.window <= 0 or self.hop <= 0:
             raise ConfigError(f"window ({self.window}) and hop ({self.hop}) must be positive samples")
-        return window_starts(int(n_samples), self.window, self.hop)
+        starts = window_starts(int(n_samples), self.window, self.hop)
+        if self.shifts == (0,):
+            return starts
+        return (starts[:, None] + np.asarray(self.shifts, dtype=np.int64)[None, :]).ravel()  # every window at every shift
 
     def runner(self) -> BatchRunner:
         """A :class:`BatchRunner` for this model: :meth:`BatchRunner.add` prepared records, then :meth:`probabilities`."""
@@ -584,12 +619,15 @@ class Ensemble:
 
     @classmethod
     def load(cls, checkpoints: Sequence[str | os.PathLike] | str | os.PathLike, device: str = "auto",
-             batch_size: int | None = None, precision: str = "auto", conv_layout: str = "auto") -> Ensemble:
+             batch_size: int | None = None, precision: str = "auto", conv_layout: str = "auto",
+             shifts: Sequence[int] | None = None) -> Ensemble:
         """The ensemble of ``checkpoints`` (cards, run folders or weights files; one path: a one-member ensemble).
 
         An ensemble file (``ensemble.json`` of ``ecgtl ensemble``, or its folder) given alone stands for
-        its members, with its ``class_bias`` applied to their average. Duplicates are refused before
-        any weights are read.
+        its members, with its ``class_bias`` applied to their average and its ``test_time_shifts``
+        given to every member. ``shifts`` (:class:`Classifier`) is for plain checkpoints, and is
+        refused with an ensemble file, which carries its own. Duplicates are refused before any
+        weights are read.
         """
         from ecgtl.evaluate.ensemble import expand_checkpoints
 
@@ -597,14 +635,19 @@ class Ensemble:
         if not paths:
             raise ConfigError("an ensemble needs at least one model: give one or more --checkpoint")
         paths, ens_file = expand_checkpoints([os.fspath(p) for p in paths])
+        if ens_file is not None:
+            if shifts is not None:
+                raise ConfigError(f"{ens_file.path}: an ensemble file carries its own test_time_shifts "
+                                  f"({list(ens_file.test_time_shifts or [0])}); give no other shifts with it")
+            shifts = ens_file.test_time_shifts
         cards: dict[str, str | os.PathLike] = {}
         for c in paths:
             key = str(find_card(c).resolve())
             if key in cards:
                 raise ConfigError(f"{c}: the same model as {cards[key]} (card {key}); give each checkpoint once")
             cards[key] = c
-        return cls([Classifier(c, device=device, batch_size=batch_size, precision=precision, conv_layout=conv_layout)
-                    for c in paths], class_bias=ens_file.class_bias if ens_file else None,
+        return cls([Classifier(c, device=device, batch_size=batch_size, precision=precision, conv_layout=conv_layout,
+                               shifts=shifts) for c in paths], class_bias=ens_file.class_bias if ens_file else None,
                    source_file=ens_file.path if ens_file else None)
 
     def __len__(self) -> int:
