@@ -108,3 +108,29 @@ def test_crop_dataset_augments_reproducibly_and_only_when_asked():
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
+
+
+def test_shift_moves_front_padding_behind_a_short_record():
+    """``augment.shift``: a record shorter than the crop no longer always ends at its last sample; ``valid`` follows."""
+    from ecgtl.data.cinc_dataset import CincCropDataset
+
+    x = _ecg(2) + 5.0  # 2 s, never zero: padding and record are told apart
+    n, crop = len(x), 1000
+    aug = EcgAugment(fs=FS, shift=1.5)
+    ds = CincCropDataset([x] * 300, ["N"] * 300, crop_samples=crop, seed=0, augment=aug, return_valid=True)
+    moved = []
+    for i in range(300):
+        item, _, valid = ds[i]
+        item = item.numpy()[0]
+        lo, hi = int(valid[0]), int(valid[1])
+        assert hi - lo == n and (item[:lo] == 0).all() and (item[hi:] == 0).all()  # only zeros outside valid
+        np.testing.assert_array_equal(item[lo:hi], x)  # the record itself, unchanged
+        moved.append(crop - hi)
+    most = min(crop - n, round(1.5 * FS))
+    assert min(moved) == 0 and max(moved) == most and len(set(moved)) > most // 2  # uniform over [0, most]
+    rng = np.random.default_rng(0)
+    assert EcgAugment(fs=FS, shift=1.0).draw_shift(0, rng) == 0  # no padding (a long record): nothing moves
+    state = rng.bit_generator.state
+    assert EcgAugment(fs=FS).draw_shift(500, rng) == 0 and rng.bit_generator.state == state  # off: no number drawn
+    with pytest.raises(ValueError, match="augment.shift"):
+        EcgAugment(fs=FS, shift=-1.0)

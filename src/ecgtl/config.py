@@ -84,6 +84,7 @@ class AugmentConfig:
     wander: float = 0.0  # baseline wander (0.05-0.5 Hz) up to this amplitude, normalised units
     noise: float = 0.0  # white noise with a standard deviation up to this, normalised units
     stretch: float = 0.0  # time stretch of the record by U[1 - stretch, 1 + stretch]
+    shift: float = 0.0  # s of a short record's front padding moved behind it, up to this (U[0, shift])
 
     def __post_init__(self):
         _number("augment.scale", self.scale, 0, 1, hi_open=True, why="relative amplitude change")
@@ -91,6 +92,7 @@ class AugmentConfig:
         _number("augment.wander", self.wander, 0, 10, why="amplitude in normalised units")
         _number("augment.noise", self.noise, 0, 10, why="standard deviation in normalised units")
         _number("augment.stretch", self.stretch, 0, 1, hi_open=True, why="relative duration change")
+        _number("augment.shift", self.shift, 0, 60, unit="s", why="front padding of a short record moved behind it")
 
 
 @dataclass

@@ -8,7 +8,11 @@ epoch's augmentations are fixed by ``(seed, epoch)`` like its crops (exact resum
 * ``scale``: amplitude times a factor in ``[1 - scale, 1 + scale]``;
 * ``flip``: probability of inverting the sign (a reversed lead);
 * ``wander``: baseline wander, a sinusoid of 0.05-0.5 Hz with amplitude up to ``wander``;
-* ``noise``: white Gaussian noise with a standard deviation up to ``noise``.
+* ``noise``: white Gaussian noise with a standard deviation up to ``noise``;
+* ``shift``: for a record shorter than the crop (zero-padded in front), up to ``shift`` seconds of
+  that padding moved behind it, a uniform whole number of samples (:meth:`EcgAugment.draw_shift`):
+  the record no longer always ends at the crop's last sample. A strided network is not shift
+  invariant, and without it every epoch shows a short record at the same phase.
 
 Amplitudes (``wander``, ``noise``) are in the signal's units: normalised ECG (one standard
 deviation of the training records). A field of 0 turns that augmentation off; all 0 is the
@@ -25,6 +29,7 @@ import numpy as np
 __all__ = ["EcgAugment"]
 
 WANDER_HZ = (0.05, 0.5)  # respiration and movement
+MAX_SHIFT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class EcgAugment:
     wander: float = 0.0
     noise: float = 0.0
     stretch: float = 0.0
+    shift: float = 0.0  # s
 
     def __post_init__(self):
         for name in ("scale", "stretch"):
@@ -45,12 +51,20 @@ class EcgAugment:
         for name in ("wander", "noise"):
             if not 0 <= getattr(self, name) <= 10:
                 raise ValueError(f"augment.{name} must be in [0, 10] (normalised units), got {getattr(self, name)}")
+        if not 0 <= self.shift <= MAX_SHIFT_S:
+            raise ValueError(f"augment.shift must be in [0, {MAX_SHIFT_S}] s, got {self.shift}")
         if not (math.isfinite(self.fs) and self.fs > 0):
             raise ValueError(f"fs must be a positive rate in Hz, got {self.fs}")
 
     @property
     def active(self) -> bool:
-        return any((self.scale, self.flip, self.wander, self.noise, self.stretch))
+        return any((self.scale, self.flip, self.wander, self.noise, self.stretch, self.shift))
+
+    def draw_shift(self, pad: int, rng: np.random.Generator) -> int:
+        """Samples of a crop's ``pad`` samples of front padding to move behind the record: uniform in
+        ``[0, min(pad, shift * fs)]``; 0 without drawing when ``shift`` is off or there is no padding."""
+        most = min(int(pad), int(round(self.shift * self.fs)))
+        return int(rng.integers(0, most + 1)) if self.shift and most > 0 else 0
 
     def stretch_record(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The whole record stretched in time (before cropping, so the crop length stays fixed)."""

@@ -162,6 +162,8 @@ class CincCropDataset(_CincBase):
     where ``pad`` samples were padded in front (0 for a record longer than the crop; after
     the augmentation's time stretch, the stretched record's length counts). Amplitude
     augmentations (noise, wander) act on the padding too: ``valid`` still says where the record is.
+    The augmentation's ``shift`` moves ``moved`` of the padding's zeros behind the record:
+    ``valid = (pad - moved, crop_samples - moved)``.
     """
 
     def __init__(self, signals: Sequence[np.ndarray], labels: Sequence[Any] | None, crop_samples: int, seed: int = 0,
@@ -181,9 +183,14 @@ class CincCropDataset(_CincBase):
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
         record = self.signals[i] if self.augment is None else self.augment.stretch_record(self.signals[i], rng)
         crop = random_crop(record, self.crop_samples, rng)  # a short record: whole, front-padded
+        pad = max(0, self.crop_samples - record.shape[0])
+        moved = 0
         if self.augment is not None:
+            moved = self.augment.draw_shift(pad, rng)
+            if moved:  # ``moved`` of the front padding's zeros go behind the record
+                crop = np.roll(crop, -moved)
             crop = self.augment(crop, rng)
-        return self._out(crop, int(self.labels[i]), (max(0, self.crop_samples - record.shape[0]), self.crop_samples))
+        return self._out(crop, int(self.labels[i]), (pad - moved, self.crop_samples - moved))
 
 
 class CincPaperDataset(_CincBase):
