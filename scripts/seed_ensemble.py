@@ -175,7 +175,11 @@ def main() -> int:
     ap.add_argument("--data", default="data/raw/challenge-2017/1.0.0/training2017")
     ap.add_argument("--report", default=str(HERE / "reports" / "recipe-ablation"))
     ap.add_argument("--score-test", action="store_true", help="score the ensemble on the standard test split (do it once)")
+    ap.add_argument("--test-time-shifts", metavar="K,K,...",
+                    help="test-time shifts kept in the ensemble file (ecgtl ensemble --test-time-shifts); the ensemble "
+                         "folder and report files then carry the suffix -tta")
     args = ap.parse_args()
+    shifts = [int(k) for k in args.test_time_shifts.split(",")] if args.test_time_shifts else None
     runs_dir, out = Path(args.runs), Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
     runs = [runs_dir / f"{args.variant}-seed{s}" for s in args.seeds.split(",")]
@@ -184,16 +188,17 @@ def main() -> int:
         raise SystemExit(f"members not trained yet: {', '.join(map(str, missing))} (python scripts/recipe_ablation.py "
                          f"--only {args.variant} --seeds {args.seeds})")
     validation_table(runs, out, args.variant)
-    ensemble = runs_dir / f"ensemble-{args.variant}"
-    run_ensemble([str(r) for r in runs], ensemble, data=args.data, calibrate=True, progress=False)
+    name = args.variant + ("-tta" if shifts else "")  # the model: its members, and its test-time shifts if any
+    ensemble = runs_dir / f"ensemble-{name}"
+    run_ensemble([str(r) for r in runs], ensemble, data=args.data, calibrate=True, progress=False, shifts=shifts)
     doc = json.loads((ensemble / "ensemble.json").read_text())  # the record (the model itself stays in its run folder)
     doc["validation"].pop("record_names", None)  # 1,160 names: the selection split file lists them
-    atomic_write(report_file(out, "ensemble", args.variant, "-validation.json"),
+    atomic_write(report_file(out, "ensemble", name, "-validation.json"),
                  json.dumps({k: doc[k] for k in ("class_bias", "members", "validation")}
                             | {"ensemble_file": str(ensemble / "ensemble.json")}, indent=1) + "\n")
-    print(f"variant {args.variant}: ensemble validation macro-F1 {validation_score(doc):.4f}")
+    print(f"model {name}: ensemble validation macro-F1 {validation_score(doc):.4f}")
     if args.score_test:
-        target = check_test_look(out, args.variant, doc)
+        target = check_test_look(out, name, doc)
         score_test(ensemble, runs, Path(args.data), standard_splits(Path(args.data), runs_dir), out, name=target.name)
     return 0
 
