@@ -144,3 +144,38 @@ def test_calibrated_card_carries_its_biases_to_every_prediction(records, tmp_pat
     predicted = {r.split(",")[0]: r.split(",")[2] for r in rows}
     probs = Classifier(tmp_path / "run").predict_proba([by_name[n].signal for n in predicted], 300)  # the card verifies and loads
     assert [CINC_CLASSES[i] for i in probs.argmax(1)] == list(predicted.values())  # the same biased decisions
+
+
+def test_mixup_mixes_pairs_of_inputs_and_their_losses(records, tmp_path):
+    """mixup=alpha: the step's loss is lam * CE(y) + (1 - lam) * CE(y[perm]) on lam * x + (1 - lam) * x[perm];
+    with masked pooling the mixed input counts as signal wherever either record is; one epoch trains."""
+    import torch.nn.functional as F
+
+    from ecgtl.train.finetune import make_trainer, mixup_pairs
+
+    by_name, cinc = records
+    cfg = _cfg(tmp_path, "fs=100", "crop_seconds=20.48", "hop_seconds=10.24", "model.width=0.125", "epochs=1", "batch_size=16",
+               "mixup=0.4", "pooling=masked", "class_weights=true", "device=cpu")
+    data = prepare_data(cfg, by_name, resolve_splits(cfg, tmp_path, by_name, cinc))
+    model, _ = build_model(cfg)
+    trainer = make_trainer(cfg, data, model, torch.device("cpu"), tmp_path, progress=False)
+    x, y, valid = next(iter(trainer.make_batches(0)))
+    model.eval()  # no dropout: the step and the reference see the same function
+    torch.manual_seed(5)
+    lam, perm = mixup_pairs(len(y), 0.4)
+    assert 0 < lam < 1 and sorted(perm.tolist()) == list(range(len(y)))
+    mixed_valid = torch.stack([torch.minimum(valid[:, 0], valid[perm, 0]), torch.maximum(valid[:, 1], valid[perm, 1])], 1)
+    with torch.no_grad():
+        logits = model(lam * x + (1 - lam) * x[perm], mixed_valid).float()
+        counts = np.bincount(data.labels["train"], minlength=4).astype(float)
+        weight = torch.tensor(counts.sum() / (4 * np.maximum(counts, 1)), dtype=torch.float32)
+        want = lam * F.cross_entropy(logits, y, weight=weight) + (1 - lam) * F.cross_entropy(logits, y[perm], weight=weight)
+        torch.manual_seed(5)
+        got, n = trainer.step_fn(model, (x, y, valid))
+        plain = F.cross_entropy(model(x, valid).float(), y, weight=weight)
+    assert n == len(y) and float(got) == pytest.approx(float(want), rel=1e-5)
+    assert abs(float(got) - float(plain)) > 1e-3  # mixing changed the loss: the test can fail
+    state = trainer.fit()
+    assert state.round == 1 and np.isfinite(state.history[0]["train_loss"])
+    with pytest.raises(ConfigError, match="mixup"):
+        _cfg(tmp_path, "mixup=-1")

@@ -124,6 +124,7 @@ class FinetuneConfig:
     class_weights: bool = False  # inverse-frequency weighted cross-entropy
     sampling: str = "shuffle"  # "shuffle": each record once an epoch; "balanced": records drawn with equal class frequency
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    mixup: float = 0.0  # mixup of training pairs, lam ~ Beta(mixup, mixup) (0: off; e.g. 0.2)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ema_decay: float = 0.0  # exponential moving average of the weights, evaluated and kept (0: off; e.g. 0.995)
     calibrate: bool = False  # per-class decision biases fitted on validation for macro-F1, stored in the card
@@ -156,6 +157,7 @@ class FinetuneConfig:
         self.compile = _on_off_auto("compile", self.compile)
         _choice("sampling", self.sampling, ("shuffle", "balanced"))
         _number("label_smoothing", self.label_smoothing, 0, 1, hi_open=True, why="probability mass spread over the classes")
+        _number("mixup", self.mixup, 0, 10, why="alpha of the Beta(alpha, alpha) mixing weights; 0 = off")
         _number("ema_decay", self.ema_decay, 0, 1, hi_open=True, why="0 = off, else the EMA's decay per optimiser step")
         if not isinstance(self.augment, AugmentConfig):
             raise ConfigError(f"augment must be a section of {', '.join(f.name for f in dataclasses.fields(AugmentConfig))}")

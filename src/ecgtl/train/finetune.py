@@ -205,6 +205,16 @@ def _set_pooling(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module
     return model
 
 
+def mixup_pairs(n: int, alpha: float) -> tuple[float, torch.Tensor]:
+    """Mixup (Zhang et al. 2018) of a batch of ``n``: ``(lam, perm)``, input ``lam * x + (1 - lam) * x[perm]``.
+
+    ``lam`` ~ Beta(alpha, alpha) and ``perm`` a random permutation, both from torch's global generator.
+    The loss is ``lam * CE(y) + (1 - lam) * CE(y[perm])``.
+    """
+    lam = float(torch.distributions.Beta(float(alpha), float(alpha)).sample())
+    return lam, torch.randperm(n)
+
+
 def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module, device: torch.device, out: Path,
                  progress: bool = True) -> Trainer:
     """The engine set up for fine-tuning: crops (or the study's padded input), weighted loss, validation macro-F1.
@@ -241,13 +251,20 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
                                            num_workers=cfg.num_workers, drop_last=False)
 
     def step_fn(m, batch):
-        if masked:
-            x, y, valid = batch
-            logits = m(x.to(device, non_blocking=True), valid.to(device, non_blocking=True))
-        else:
-            x, y = batch
-            logits = m(x.to(device, non_blocking=True))
-        return F.cross_entropy(logits.float(), y.to(device), weight=class_weight, label_smoothing=cfg.label_smoothing), len(y)
+        x, y, valid = batch if masked else (*batch, None)
+        y = y.to(device)
+        if cfg.mixup:  # the engine seeds torch's generator per round (and restores it on a mid-round resume)
+            lam, perm = mixup_pairs(len(y), cfg.mixup)
+            x = lam * x + (1 - lam) * x[perm]
+            if valid is not None:  # the mixed input is signal wherever either record is
+                valid = torch.stack([torch.minimum(valid[:, 0], valid[perm, 0]), torch.maximum(valid[:, 1], valid[perm, 1])], 1)
+        x = x.to(device, non_blocking=True)
+        logits = (m(x, valid.to(device, non_blocking=True)) if masked else m(x)).float()
+        loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=cfg.label_smoothing)
+        if cfg.mixup:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y[perm.to(device)], weight=class_weight,
+                                                            label_smoothing=cfg.label_smoothing)
+        return loss, len(y)
 
     def on_round_start(m, r):
         frozen = r < cfg.freeze_epochs
