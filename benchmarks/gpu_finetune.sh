@@ -52,7 +52,7 @@ print(max(d, key=lambda k: s.mean(d[k])))")
     done
     wait
     timeout 240 $PY scripts/seed_ensemble.py --runs "$RUNS" --variant "$BEST" --data "$REC" --report "$OUT/ensemble" \
-        --score-test 2>&1 | tail -30
+        --score-test --first-look 2>&1 | tail -30
 fi
 # every run's metrics (partial ones too), results and config, in one file
 (cd "$RUNS" && tar czf "$OUT/runs.tgz" */metrics.csv */results.json */config.yaml 2>/dev/null)

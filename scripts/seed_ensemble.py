@@ -19,17 +19,20 @@ same on a GPU for the full-width variants.
 Each variant writes its own files in ``--report`` (``full``, the baseline, keeps the plain names
 ``ensemble.md``, ``ensemble-validation.json``, ``test-score.json``; variant ``X`` writes
 ``ensemble-X.md``, ``ensemble-X-validation.json``, ``test-score-X.json``). A model's test split is
-scored once: ``--score-test`` is refused when its score file exists. Once the baseline has been
-scored in a report folder, another variant earns a look at the test split only if its validation
-macro-F1 (the cross-fitted one when biases are kept) is at least ``MIN_VAL_GAIN`` above the
-baseline's on the same validation records; otherwise the look is refused, and the variant stays a
-validation result. This rule was committed before the members of any further variant existed.
+scored once: ``--score-test`` is refused when its score file exists, and a scored model's
+ensemble and report files are never rewritten. Once the baseline has been scored in a report
+folder, another variant earns a look at the test split only if its validation macro-F1 (the
+cross-fitted one when biases are kept) is at least ``MIN_VAL_GAIN`` above the baseline's on the
+same validation records (by the SHA-256 of their names); otherwise the look is refused, and the
+variant stays a validation result. A report folder with no scored baseline (a new preset's, e.g.
+the GPU screening's) takes one first look, with ``--first-look``. This rule was committed before the members of any further variant existed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import sys
@@ -62,24 +65,41 @@ def validation_score(doc: dict) -> float:
     return cal["macro_f1_cross_fitted"] if cal.get("kept") else val["macro_f1"]
 
 
-def check_test_look(out: Path, variant: str, doc: dict) -> Path:
-    """The score file for ``variant``'s test look, or SystemExit when the look is not allowed (see the module doc)."""
+def names_digest(names) -> str:
+    """SHA-256 of the sorted record names: which records a validation score is on, in 64 characters."""
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
+
+
+def check_test_look(out: Path, variant: str, doc: dict, first_look: bool = False) -> Path:
+    """The score file for ``variant``'s test look, or SystemExit when the look is not allowed (see the module doc).
+
+    ``first_look``: a report folder of a new preset (e.g. the GPU screening), where nothing was scored
+    yet; otherwise the folder must hold the scored baseline, and ``variant`` must beat it on the same
+    validation records by ``MIN_VAL_GAIN``.
+    """
     target = report_file(out, "test-score", variant, ".json")
     if target.is_file():
         raise SystemExit(f"{target}: this model's test split was scored already; it is scored once")
     scored = report_file(out, "test-score", BASELINE, ".json")
-    if variant != BASELINE and scored.is_file():
-        base_file = report_file(out, "ensemble", BASELINE, "-validation.json")
-        if not base_file.is_file():
-            raise SystemExit(f"{base_file}: missing, so variant {variant} cannot be compared with the scored baseline")
-        base = json.loads(base_file.read_text())
-        if base["validation"]["records"] != doc["validation"]["records"]:
-            raise SystemExit(f"variant {variant} was validated on {doc['validation']['records']} records, the baseline on "
-                             f"{base['validation']['records']}: not the same validation records")
-        mine, ref = validation_score(doc), validation_score(base)
-        if mine < ref + MIN_VAL_GAIN:
-            raise SystemExit(f"variant {variant}: validation macro-F1 {mine:.4f} is not at least {MIN_VAL_GAIN} above the scored "
-                             f"baseline's {ref:.4f} ({base_file}): no further look at the test split")
+    if first_look:
+        if scored.is_file() or any(out.glob("test-score-*.json")):
+            raise SystemExit(f"{out}: a model was scored on the test split here already, so this is not a first look")
+        return target
+    if not scored.is_file():
+        raise SystemExit(f"{scored}: no scored baseline in {out} to compare {variant} with; the first look at the test "
+                         "split in a new report folder needs --first-look")
+    base_file = report_file(out, "ensemble", BASELINE, "-validation.json")
+    if not base_file.is_file():
+        raise SystemExit(f"{base_file}: missing, so {variant} cannot be compared with the scored baseline")
+    base = json.loads(base_file.read_text())
+    mine_names, base_names = doc["validation"].get("record_names_sha256"), base["validation"].get("record_names_sha256")
+    if not mine_names or mine_names != base_names:
+        raise SystemExit(f"{variant} was validated on other records than the scored baseline ({base_file}: record_names_sha256 "
+                         f"{str(base_names)[:12]}..., {variant}: {str(mine_names)[:12]}...): the scores are not comparable")
+    mine, ref = validation_score(doc), validation_score(base)
+    if mine < ref + MIN_VAL_GAIN:
+        raise SystemExit(f"{variant}: validation macro-F1 {mine:.4f} is not at least {MIN_VAL_GAIN} above the scored "
+                         f"baseline's {ref:.4f} ({base_file}): no further look at the test split")
     return target
 
 
@@ -175,6 +195,8 @@ def main() -> int:
     ap.add_argument("--data", default="data/raw/challenge-2017/1.0.0/training2017")
     ap.add_argument("--report", default=str(HERE / "reports" / "recipe-ablation"))
     ap.add_argument("--score-test", action="store_true", help="score the ensemble on the standard test split (do it once)")
+    ap.add_argument("--first-look", action="store_true",
+                    help="with --score-test: the first test look in a report folder of a new preset (no scored baseline)")
     ap.add_argument("--test-time-shifts", metavar="K,K,...",
                     help="test-time shifts kept in the ensemble file (ecgtl ensemble --test-time-shifts); the ensemble "
                          "folder and report files then carry the suffix -tta")
@@ -187,18 +209,23 @@ def main() -> int:
     if missing:
         raise SystemExit(f"members not trained yet: {', '.join(map(str, missing))} (python scripts/recipe_ablation.py "
                          f"--only {args.variant} --seeds {args.seeds})")
-    validation_table(runs, out, args.variant)
     name = args.variant + ("-tta" if shifts else "")  # the model: its members, and its test-time shifts if any
+    scored = report_file(out, "test-score", name, ".json")
+    if scored.is_file():  # its ensemble and validation files are the record of what was scored: never rewritten
+        raise SystemExit(f"{scored}: model {name} was scored on the test split already; its ensemble and validation "
+                         "files stay as they were when it was scored (train other seeds as another variant)")
+    validation_table(runs, out, name)
     ensemble = runs_dir / f"ensemble-{name}"
     run_ensemble([str(r) for r in runs], ensemble, data=args.data, calibrate=True, progress=False, shifts=shifts)
     doc = json.loads((ensemble / "ensemble.json").read_text())  # the record (the model itself stays in its run folder)
-    doc["validation"].pop("record_names", None)  # 1,160 names: the selection split file lists them
+    names = doc["validation"].pop("record_names", None) or []  # 1,160 names: the selection split file lists them
+    doc["validation"]["record_names_sha256"] = names_digest(names)
     atomic_write(report_file(out, "ensemble", name, "-validation.json"),
                  json.dumps({k: doc[k] for k in ("class_bias", "members", "validation")}
                             | {"ensemble_file": str(ensemble / "ensemble.json")}, indent=1) + "\n")
     print(f"model {name}: ensemble validation macro-F1 {validation_score(doc):.4f}")
     if args.score_test:
-        target = check_test_look(out, name, doc)
+        target = check_test_look(out, name, doc, first_look=args.first_look)
         score_test(ensemble, runs, Path(args.data), standard_splits(Path(args.data), runs_dir), out, name=target.name)
     return 0
 

@@ -53,6 +53,9 @@ def main() -> int:
     val = load_splits(runs[0] / "splits.json")["val"]
     if not val:
         raise SystemExit(f"{runs[0] / 'splits.json'}: no validation records")
+    for run in runs[1:]:
+        if sorted(load_splits(run / "splits.json")["val"]) != sorted(val):
+            raise SystemExit(f"{run / 'splits.json'}: other validation records than {runs[0] / 'splits.json'}")
     cinc = Cinc2017(args.data)
     records = [cinc.read(n) for n in val]
     y = np.array([CINC_CLASSES.index(r.label) for r in records])

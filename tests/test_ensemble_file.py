@@ -256,6 +256,9 @@ def test_test_time_shifts_live_in_the_ensemble_file(setup, tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"distinct sample offsets in \[0, 1024\)"):
         run_ensemble([str(r) for r in runs[:2]], tmp_path / "bad", shifts=[0, 1024], progress=False, workers=0)
     assert not (tmp_path / "bad").exists()
+    (out / "ensemble.json").write_text(json.dumps(dict(doc, test_time_shifts=[0, 0])))  # read, then refused naming the file
+    with pytest.raises(ConfigError, match=r"ens/ensemble\.json: member .*distinct sample offsets"):
+        Ensemble.load(str(out))
     for bad in ([], [-4], [0, 2.5], "0,8", [True]):
         (out / "ensemble.json").write_text(json.dumps(dict(doc, test_time_shifts=bad)))
         with pytest.raises(ConfigError, match="test_time_shifts must be null or a list of sample offsets"):

@@ -19,9 +19,21 @@ def seed_ensemble():
     return mod
 
 
-def _doc(f1: float, records: int = 1160, cross: float | None = None, kept: bool = False) -> dict:
+NAMES = [f"A{i:05d}" for i in range(1160)]
+
+
+def _doc(f1: float, names=NAMES, cross: float | None = None, kept: bool = False, digest: bool = True) -> dict:
     cal = {"macro_f1_cross_fitted": cross if cross is not None else f1 - 0.002, "kept": kept}
-    return {"validation": {"records": records, "macro_f1": f1, "calibration": cal}}
+    val = {"records": len(names), "macro_f1": f1, "calibration": cal}
+    if digest:
+        val["record_names_sha256"] = _digest(names)
+    return {"validation": val}
+
+
+def _digest(names) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
 
 
 def _scored_baseline(out: Path, f1: float = 0.81) -> None:
@@ -36,9 +48,18 @@ def test_the_baseline_keeps_the_plain_names_and_other_variants_their_own(seed_en
     assert seed_ensemble.report_file(tmp_path, "test-score", "epochs-60", ".json") == tmp_path / "test-score-epochs-60.json"
 
 
-def test_the_first_look_in_a_fresh_report_folder_is_allowed(seed_ensemble, tmp_path):
-    assert seed_ensemble.check_test_look(tmp_path, "w05-125hz", _doc(0.70)) == tmp_path / "test-score-w05-125hz.json"
-    assert seed_ensemble.check_test_look(tmp_path, "full", _doc(0.70)) == tmp_path / "test-score.json"
+def test_a_fresh_report_folder_takes_one_first_look_only_when_asked(seed_ensemble, tmp_path):
+    with pytest.raises(SystemExit, match="needs --first-look"):  # a new --report folder does not open the gate
+        seed_ensemble.check_test_look(tmp_path, "w05-125hz", _doc(0.70))
+    got = seed_ensemble.check_test_look(tmp_path, "w05-125hz", _doc(0.70), first_look=True)
+    assert got == tmp_path / "test-score-w05-125hz.json"
+    got.write_text("{}")
+    with pytest.raises(SystemExit, match="not a first look"):
+        seed_ensemble.check_test_look(tmp_path, "w025-250hz", _doc(0.70), first_look=True)
+    _scored_baseline(tmp_path / "cpu")
+    with pytest.raises(SystemExit, match="not a first look"):
+        seed_ensemble.check_test_look(tmp_path / "cpu", "epochs-60", _doc(0.90), first_look=True)
+    assert seed_ensemble.names_digest(reversed(NAMES)) == _digest(NAMES)  # order does not matter
 
 
 def test_a_model_is_scored_once(seed_ensemble, tmp_path):
@@ -66,8 +87,10 @@ def test_kept_biases_are_judged_by_their_cross_fitted_score(seed_ensemble, tmp_p
 
 def test_another_set_of_validation_records_is_refused(seed_ensemble, tmp_path):
     _scored_baseline(tmp_path)
-    with pytest.raises(SystemExit, match="not the same validation records"):
-        seed_ensemble.check_test_look(tmp_path, "epochs-60", _doc(0.90, records=362))
+    other = NAMES[1:] + ["B00001"]  # as many records, not the same ones
+    for doc in (_doc(0.90, names=other), _doc(0.90, names=NAMES[:362]), _doc(0.90, digest=False)):
+        with pytest.raises(SystemExit, match="validated on other records than the scored baseline"):
+            seed_ensemble.check_test_look(tmp_path, "epochs-60", doc)
 
 
 def test_a_scored_baseline_without_its_validation_file_is_refused(seed_ensemble, tmp_path):
@@ -75,3 +98,16 @@ def test_a_scored_baseline_without_its_validation_file_is_refused(seed_ensemble,
     (tmp_path / "ensemble-validation.json").unlink()
     with pytest.raises(SystemExit, match="cannot be compared"):
         seed_ensemble.check_test_look(tmp_path, "epochs-60", _doc(0.90))
+
+
+def test_a_scored_models_files_are_never_rebuilt(seed_ensemble, tmp_path, monkeypatch):
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    for s in (0, 1):
+        (runs / f"full-seed{s}").mkdir(parents=True)
+        (runs / f"full-seed{s}" / "results.json").write_text("{}")
+    _scored_baseline(report)
+    before = (report / "ensemble-validation.json").read_text()
+    monkeypatch.setattr("sys.argv", ["seed_ensemble.py", "--runs", str(runs), "--report", str(report), "--seeds", "0,1"])
+    with pytest.raises(SystemExit, match="model full was scored on the test split already"):
+        seed_ensemble.main()
+    assert (report / "ensemble-validation.json").read_text() == before and not (report / "ensemble.md").exists()

@@ -646,8 +646,16 @@ class Ensemble:
             if key in cards:
                 raise ConfigError(f"{c}: the same model as {cards[key]} (card {key}); give each checkpoint once")
             cards[key] = c
-        return cls([Classifier(c, device=device, batch_size=batch_size, precision=precision, conv_layout=conv_layout,
-                               shifts=shifts) for c in paths], class_bias=ens_file.class_bias if ens_file else None,
+        members = []
+        for c in paths:
+            try:
+                members.append(Classifier(c, device=device, batch_size=batch_size, precision=precision,
+                                          conv_layout=conv_layout, shifts=shifts))
+            except ConfigError as exc:  # from an ensemble file: say which (its test_time_shifts may be what does not fit)
+                if ens_file is None:
+                    raise
+                raise ConfigError(f"{ens_file.path}: member {c}: {exc}") from None
+        return cls(members, class_bias=ens_file.class_bias if ens_file else None,
                    source_file=ens_file.path if ens_file else None)
 
     def __len__(self) -> int:
