@@ -106,14 +106,16 @@ def check_last_epoch(runs: list[Path], data: Path, work: Path, report: Path) -> 
                      "best_epoch_alone": macro_f1(y, best[k - 1].argmax(1), 4), "last_epoch_alone": macro_f1(y, last[k - 1].argmax(1), 4),
                      "best_epoch_ensemble": macro_f1(y, np.mean(best[:k], 0).argmax(1), 4),
                      "last_epoch_ensemble": macro_f1(y, np.mean(last[:k], 0).argmax(1), 4)})
-    lines = [f"Selection members (`{runs[0].name.rsplit('-seed', 1)[0]}`, 30 epochs) on the selection split's validation records "
+    variant = runs[0].name.rsplit('-seed', 1)[0]
+    command = "python scripts/final_fit.py --check-last-epoch" + ("" if variant == "full" else f" --variant {variant}")
+    lines = [f"Selection members (`{variant}`, 30 epochs) on the selection split's validation records "
              f"(n = {len(y)}), macro-F1: the best epoch's weights (chosen on these records: optimistic) and the last epoch's "
-             "(what a final fit without validation keeps). Command: `python scripts/final_fit.py --check-last-epoch`.", "",
+             f"(what a final fit without validation keeps). Command: `{command}`.", "",
              "| members (seeds) | best epoch, member k alone | last epoch, member k alone | best epochs, averaged | last epochs, averaged |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['members']} ({r['seeds']}) | {r['best_epoch_alone']:.4f} | {r['last_epoch_alone']:.4f} | "
               f"{r['best_epoch_ensemble']:.4f} | {r['last_epoch_ensemble']:.4f} |" for r in rows]
-    atomic_write(report / "last-epoch.md", "\n".join(lines) + "\n")
+    atomic_write(report / ("last-epoch.md" if variant == "full" else f"last-epoch-{variant}.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows
 
@@ -175,6 +177,8 @@ def main() -> int:
     ap.add_argument("--data", default="data/raw/challenge-2017/1.0.0/training2017")
     ap.add_argument("--report", default=str(HERE / "reports" / "recipe-ablation"))
     ap.add_argument("--check-last-epoch", action="store_true", help="only the validation check of the selection members")
+    ap.add_argument("--variant", default="full", help="with --check-last-epoch: the selection members' variant "
+                    "(scripts/recipe_ablation.py); its table is last-epoch-VARIANT.md (full: last-epoch.md)")
     ap.add_argument("--score-test", action="store_true", help="score the final-fit ensemble on the standard test split (once)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides on the cpu preset (smoke tests only: "
                     "the protocol is the preset as it is)")
@@ -183,10 +187,10 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     report.mkdir(parents=True, exist_ok=True)
     if args.check_last_epoch:
-        selection = [runs / f"full-seed{s}" for s in seeds]
+        selection = [runs / f"{args.variant}-seed{s}" for s in seeds]
         missing = [r for r in selection if not (r / "checkpoint.pt").is_file()]
         if missing:
-            raise SystemExit(f"selection members not trained: {missing} (python scripts/recipe_ablation.py --only full)")
+            raise SystemExit(f"selection members not trained: {missing} (python scripts/recipe_ablation.py --only {args.variant})")
         check_last_epoch(selection, data, runs, report)
         return 0
     if args.score_test and (report / "final-fit-test-score.json").is_file():
