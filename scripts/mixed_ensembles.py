@@ -1,0 +1,78 @@
+"""Does a member of another recipe add to the cpu preset's seed ensemble? Validation only (issue 8).
+
+    python scripts/mixed_ensembles.py [--runs runs/recipe-ablation] [--base full] [--report reports/recipe-ablation]
+
+Reads the ``predictions_val.csv`` of every finished selection run of ``scripts/recipe_ablation.py``
+(the best epoch's validation probabilities; nothing is re-run) and gives the validation macro-F1 of
+the ``--base`` variant's members averaged, alone and with the finished members of each other
+variant added (equal weights). Every member's best epoch was chosen on these same records, so each
+figure is optimistic, the more so for variants with noisy validation curves. Writes
+``mixed-ensembles.md`` in ``--report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ecgtl.constants import CINC_CLASSES
+from ecgtl.evaluate.metrics import macro_f1
+from ecgtl.experiments.report import fmt
+from ecgtl.fileio import atomic_write
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def read_predictions(run: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with open(run / "predictions_val.csv", newline="") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: r["record"])
+    return ([r["record"] for r in rows], np.array([CINC_CLASSES.index(r["label"]) for r in rows]),
+            np.array([[float(r[f"p_{c}"]) for c in CINC_CLASSES] for r in rows]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="runs/recipe-ablation")
+    ap.add_argument("--base", default="full")
+    ap.add_argument("--report", default=str(HERE / "reports" / "recipe-ablation"))
+    args = ap.parse_args()
+    members: dict[str, list[Path]] = defaultdict(list)
+    for run in sorted(Path(args.runs).glob("*-seed*")):
+        m = re.fullmatch(r"(.+)-seed(\d+)", run.name)
+        if m and (run / "predictions_val.csv").is_file() and (run / "results.json").is_file():
+            members[m.group(1)].append(run)
+    if args.base not in members:
+        raise SystemExit(f"no finished {args.base} members in {args.runs}")
+    read = {run: read_predictions(run) for runs in members.values() for run in runs}
+    names, y, _ = read[members[args.base][0]]
+    for run, (n, y_run, _) in read.items():
+        if n != names or not np.array_equal(y_run, y):
+            raise SystemExit(f"{run}: validated on other records than {members[args.base][0]}: not one selection split")
+
+    def f1(runs: list[Path]) -> float:
+        return macro_f1(y, np.mean([read[r][2] for r in runs], axis=0).argmax(1), len(CINC_CLASSES))
+
+    base = members[args.base]
+    lines = [f"Validation macro-F1 (selection split, n = {len(y)}) of the `{args.base}` members averaged, alone and with the "
+             "finished members of another variant added, equal weights; each member's best epoch was chosen on these records "
+             "(optimistic). Command: `python scripts/mixed_ensembles.py`.", "",
+             "| ensemble | members | val macro-F1 |", "|---|---|---|",
+             f"| {args.base} alone | {len(base)} | {fmt(f1(base))} |"]
+    for variant, runs in sorted(members.items()):
+        if variant != args.base:
+            lines.append(f"| {args.base} + {variant} | {len(base)} + {len(runs)} | {fmt(f1(base + runs))} |")
+    out = Path(args.report) / "mixed-ensembles.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
