@@ -43,6 +43,7 @@ from ecgtl.errors import ConfigError
 from ecgtl.evaluate.commands import run_evaluate
 from ecgtl.evaluate.ensemble import run_ensemble
 from ecgtl.evaluate.metrics import macro_f1
+from ecgtl.experiments.report import fmt
 from ecgtl.fileio import atomic_write
 from ecgtl.models.card import save_weights, write_card
 from ecgtl.models.registry import with_current_model_name
@@ -113,8 +114,8 @@ def check_last_epoch(runs: list[Path], data: Path, work: Path, report: Path) -> 
              f"(what a final fit without validation keeps). Command: `{command}`.", "",
              "| members (seeds) | best epoch, member k alone | last epoch, member k alone | best epochs, averaged | last epochs, averaged |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r['members']} ({r['seeds']}) | {r['best_epoch_alone']:.4f} | {r['last_epoch_alone']:.4f} | "
-              f"{r['best_epoch_ensemble']:.4f} | {r['last_epoch_ensemble']:.4f} |" for r in rows]
+    lines += [f"| {r['members']} ({r['seeds']}) | {fmt(r['best_epoch_alone'], digits=4)} | {fmt(r['last_epoch_alone'], digits=4)} | "
+              f"{fmt(r['best_epoch_ensemble'], digits=4)} | {fmt(r['last_epoch_ensemble'], digits=4)} |" for r in rows]
     atomic_write(report / ("last-epoch.md" if variant == "full" else f"last-epoch-{variant}.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows

@@ -46,9 +46,17 @@ from ecgtl.data.splits import load_splits, make_splits, save_splits
 from ecgtl.evaluate.calibration import fit_class_bias
 from ecgtl.evaluate.ensemble import CROSS_FIT_REPEATS, cross_fitted_bias_f1, run_ensemble
 from ecgtl.evaluate.metrics import macro_f1
+from ecgtl.experiments.report import fmt
 from ecgtl.fileio import atomic_write
 
 HERE = Path(__file__).resolve().parents[1]
+
+
+def cut4(x: float) -> str:
+    """A score cut (never rounded up) to 4 decimals."""
+    return fmt(x, digits=4)
+
+
 BASELINE = "full"  # the variant whose ensemble was scored first (reports/recipe-ablation/test-score.json)
 MIN_VAL_GAIN = 0.01  # validation macro-F1 a further variant must gain over the scored baseline to earn a test look
 
@@ -124,10 +132,10 @@ def validation_table(runs: list[Path], out: Path, variant: str = "full") -> list
         bias, fitted = fit_class_bias(probs, y)
         cross, cross_sd = cross_fitted_bias_f1(probs, y)
         rows.append({"members": k, "seeds": ",".join(r.name.rsplit("seed", 1)[-1] for r in runs[:k]),
-                     "val_macro_f1": round(plain, 4), "val_macro_f1_biases_cross_fitted": round(cross, 4),
-                     "cross_fitted_std": round(cross_sd, 4), "val_macro_f1_biases_fitted_here": round(fitted, 4),
+                     "val_macro_f1": plain, "val_macro_f1_biases_cross_fitted": cross,
+                     "cross_fitted_std": cross_sd, "val_macro_f1_biases_fitted_here": fitted,
                      "bias_N_A_O_noisy": " ".join(f"{b:+.1f}" for b in bias),
-                     "member_val_macro_f1": round(macro_f1(y, members[k - 1][2].argmax(1), len(CINC_CLASSES)), 4)})
+                     "member_val_macro_f1": macro_f1(y, members[k - 1][2].argmax(1), len(CINC_CLASSES))})
     text = io.StringIO()
     w = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
     w.writeheader()
@@ -140,9 +148,9 @@ def validation_table(runs: list[Path], out: Path, variant: str = "full") -> list
              "| members (seeds) | member k alone | ensemble val macro-F1 | + biases, cross-fitted | + biases, fitted here |",
              "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['members']} ({r['seeds']}) | {r['member_val_macro_f1']:.4f} | {r['val_macro_f1']:.4f} | "
-                     f"{r['val_macro_f1_biases_cross_fitted']:.4f} +- {r['cross_fitted_std']:.4f} | "
-                     f"{r['val_macro_f1_biases_fitted_here']:.4f} |")
+        lines.append(f"| {r['members']} ({r['seeds']}) | {cut4(r['member_val_macro_f1'])} | {cut4(r['val_macro_f1'])} | "
+                     f"{cut4(r['val_macro_f1_biases_cross_fitted'])} +- {cut4(r['cross_fitted_std'])} | "
+                     f"{cut4(r['val_macro_f1_biases_fitted_here'])} |")
     atomic_write(report_file(out, "ensemble", variant, ".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows

@@ -345,11 +345,11 @@ def compare_cells(pre: dict, rnd: dict, column: str) -> Paired:
 # --- formatting ---------------------------------------------------------------------------
 
 
-def fmt(x: float | None, signed: bool = False) -> str:
-    """``x`` cut (toward zero, never rounded up) to 3 decimals; "n/a" for a missing value."""
+def fmt(x: float | None, signed: bool = False, digits: int = 3) -> str:
+    """``x`` cut (toward zero, never rounded up) to ``digits`` decimals; "n/a" for a missing value."""
     if x is None or not math.isfinite(x):
         return "n/a"
-    d = Decimal(f"{x:.9f}").quantize(Decimal("0.001"), rounding=ROUND_DOWN)  # 9 decimals first: 0.15 / 3 is 0.050
+    d = Decimal(f"{x:.9f}").quantize(Decimal(1).scaleb(-digits), rounding=ROUND_DOWN)  # 9 decimals first: 0.15 / 3 is 0.050
     text = f"{d:f}"
     return f"+{text}" if signed and not text.startswith("-") else text
 
