@@ -201,6 +201,7 @@ def test_bad_tables_name_the_file(tmp_path):
 def test_numbers_are_cut_not_rounded():
     assert fmt(0.7779) == "0.777" and fmt(-0.0449) == "-0.044" and fmt(0.731) == "0.731"
     assert fmt(0.15 / 3) == "0.050" and fmt(0.05, signed=True) == "+0.050" and fmt(float("nan")) == "n/a"
+    assert fmt(0.78355, digits=4) == "0.7835" and fmt(0.5, digits=4) == "0.5000" and fmt(-0.00489, True, digits=4) == "-0.0048"
     assert fmt_p(0.0499) == "0.049" and fmt_p(0.0501) == "0.050" and fmt_p(1e-5) == "<0.001"
 
 
