@@ -13,13 +13,13 @@ figure is optimistic, the more so for variants with noisy validation curves. Wri
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from seed_ensemble import read_val_predictions  # scripts/: the members' validation predictions
 
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.evaluate.metrics import macro_f1
@@ -27,13 +27,6 @@ from ecgtl.experiments.report import fmt
 from ecgtl.fileio import atomic_write
 
 HERE = Path(__file__).resolve().parents[1]
-
-
-def read_predictions(run: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    with open(run / "predictions_val.csv", newline="") as fh:
-        rows = sorted(csv.DictReader(fh), key=lambda r: r["record"])
-    return ([r["record"] for r in rows], np.array([CINC_CLASSES.index(r["label"]) for r in rows]),
-            np.array([[float(r[f"p_{c}"]) for c in CINC_CLASSES] for r in rows]))
 
 
 def main() -> int:
@@ -49,7 +42,7 @@ def main() -> int:
             members[m.group(1)].append(run)
     if args.base not in members:
         raise SystemExit(f"no finished {args.base} members in {args.runs}")
-    read = {run: read_predictions(run) for runs in members.values() for run in runs}
+    read = {run: read_val_predictions(run) for runs in members.values() for run in runs}
     names, y, _ = read[members[args.base][0]]
     for run, (n, y_run, _) in read.items():
         if n != names or not np.array_equal(y_run, y):
