@@ -252,18 +252,19 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
 
     def step_fn(m, batch):
         x, y, valid = batch if masked else (*batch, None)
-        y = y.to(device)
-        if cfg.mixup:  # the engine seeds torch's generator per round (and restores it on a mid-round resume)
+        x, y = x.to(device, non_blocking=True), y.to(device)
+        if masked:
+            valid = valid.to(device, non_blocking=True)
+        if cfg.mixup:  # drawn on the CPU generator, which the engine seeds per round (and restores on a mid-round resume)
             lam, perm = mixup_pairs(len(y), cfg.mixup)
-            x = lam * x + (1 - lam) * x[perm]
-            if valid is not None:  # the mixed input is signal wherever either record is
+            perm = perm.to(device)
+            x = lam * x + (1 - lam) * x[perm]  # mixed where the batch already is (the GPU's memory, on a GPU)
+            if masked:  # the mixed input is signal wherever either record is
                 valid = torch.stack([torch.minimum(valid[:, 0], valid[perm, 0]), torch.maximum(valid[:, 1], valid[perm, 1])], 1)
-        x = x.to(device, non_blocking=True)
-        logits = (m(x, valid.to(device, non_blocking=True)) if masked else m(x)).float()
+        logits = (m(x, valid) if masked else m(x)).float()
         loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=cfg.label_smoothing)
         if cfg.mixup:
-            loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y[perm.to(device)], weight=class_weight,
-                                                            label_smoothing=cfg.label_smoothing)
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y[perm], weight=class_weight, label_smoothing=cfg.label_smoothing)
         return loss, len(y)
 
     def on_round_start(m, r):
