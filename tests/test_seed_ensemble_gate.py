@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "seed_ensemble.py"
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def seed_ensemble():
-    spec = importlib.util.spec_from_file_location("seed_ensemble", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("seed_ensemble")
 
 
 NAMES = [f"A{i:05d}" for i in range(1160)]
