@@ -16,6 +16,9 @@ that model -- and, for reference only, each member -- on the standard split's te
 (``make_splits`` seed 0, as ``ecgtl finetune`` makes it). ``benchmarks/gpu_finetune.sh`` runs the
 same on a GPU for the full-width variants.
 
+``--variant A+B`` makes a mixed ensemble: the ``--seeds`` of A, then those of B, equal weights
+(its table's first rows are A alone).
+
 Each variant writes its own files in ``--report`` (``full``, the baseline, keeps the plain names
 ``ensemble.md``, ``ensemble-validation.json``, ``test-score.json``; variant ``X`` writes
 ``ensemble-X.md``, ``ensemble-X-validation.json``, ``test-score-X.json``). A model's test split is
@@ -111,6 +114,14 @@ def check_test_look(out: Path, variant: str, doc: dict, first_look: bool = False
     return target
 
 
+def member_runs(runs_dir: Path, variant: str, seeds: list[str]) -> list[Path]:
+    """The members' run folders: ``VARIANT-seedS`` for each seed; a mixed ensemble ``A+B`` takes each seed of A, then of B."""
+    parts = variant.split("+")
+    if not all(parts) or len(set(parts)) != len(parts):
+        raise SystemExit(f"--variant {variant!r}: give a variant name, or distinct names joined by + for a mixed ensemble")
+    return [runs_dir / f"{part}-seed{s}" for part in parts for s in seeds]
+
+
 def read_val_predictions(run: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """A member's validation predictions (``predictions_val.csv`` of ``ecgtl finetune``): names, labels, probabilities."""
     with open(run / "predictions_val.csv", newline="") as fh:
@@ -126,12 +137,13 @@ def validation_table(runs: list[Path], out: Path, variant: str = "full") -> list
     if any(m[0] != names for m in members):
         raise SystemExit("the members were validated on different records: not one selection split")
     rows = []
+    mixed = len({r.name.rsplit("-seed", 1)[0] for r in runs}) > 1  # a mixed ensemble: label members by run, not seed
     for k in range(1, len(runs) + 1):
         probs = np.mean([m[2] for m in members[:k]], axis=0)
         plain = macro_f1(y, probs.argmax(1), len(CINC_CLASSES))
         bias, fitted = fit_class_bias(probs, y)
         cross, cross_sd = cross_fitted_bias_f1(probs, y)
-        rows.append({"members": k, "seeds": ",".join(r.name.rsplit("seed", 1)[-1] for r in runs[:k]),
+        rows.append({"members": k, "seeds": ",".join(r.name if mixed else r.name.rsplit("seed", 1)[-1] for r in runs[:k]),
                      "val_macro_f1": plain, "val_macro_f1_biases_cross_fitted": cross,
                      "cross_fitted_std": cross_sd, "val_macro_f1_biases_fitted_here": fitted,
                      "bias_N_A_O_noisy": " ".join(f"{b:+.1f}" for b in bias),
@@ -198,7 +210,8 @@ def score_test(ensemble: Path, runs: list[Path], data: Path, splits: Path, out: 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs/recipe-ablation")
-    ap.add_argument("--variant", default="full", help="the members' variant name in the ablation's run folder")
+    ap.add_argument("--variant", default="full",
+                    help="the members' variant name in the ablation's run folder; A+B: a mixed ensemble, --seeds of each")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--data", default="data/raw/challenge-2017/1.0.0/training2017")
     ap.add_argument("--report", default=str(HERE / "reports" / "recipe-ablation"))
@@ -212,11 +225,11 @@ def main() -> int:
     shifts = [int(k) for k in args.test_time_shifts.split(",")] if args.test_time_shifts else None
     runs_dir, out = Path(args.runs), Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [runs_dir / f"{args.variant}-seed{s}" for s in args.seeds.split(",")]
+    runs = member_runs(runs_dir, args.variant, args.seeds.split(","))
     missing = [r for r in runs if not (r / "results.json").is_file()]
     if missing:
         raise SystemExit(f"members not trained yet: {', '.join(map(str, missing))} (python scripts/recipe_ablation.py "
-                         f"--only {args.variant} --seeds {args.seeds})")
+                         f"--only {args.variant.replace('+', ',')} --seeds {args.seeds})")
     name = args.variant + ("-tta" if shifts else "")  # the model: its members, and its test-time shifts if any
     scored = report_file(out, "test-score", name, ".json")
     if scored.is_file():  # its ensemble and validation files are the record of what was scored: never rewritten

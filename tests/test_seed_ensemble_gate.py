@@ -107,3 +107,17 @@ def test_a_scored_models_files_are_never_rebuilt(seed_ensemble, tmp_path, monkey
     with pytest.raises(SystemExit, match="model full was scored on the test split already"):
         seed_ensemble.main()
     assert (report / "ensemble-validation.json").read_text() == before and not (report / "ensemble.md").exists()
+
+
+def test_a_mixed_ensemble_takes_the_seeds_of_each_variant_in_order(seed_ensemble, tmp_path):
+    got = seed_ensemble.member_runs(tmp_path, "full+fs-100", ["0", "1"])
+    assert [p.name for p in got] == ["full-seed0", "full-seed1", "fs-100-seed0", "fs-100-seed1"]
+    assert [p.name for p in seed_ensemble.member_runs(tmp_path, "full", ["3"])] == ["full-seed3"]
+    for bad in ("full+full", "full+", "+fs-100"):
+        with pytest.raises(SystemExit, match="distinct names"):
+            seed_ensemble.member_runs(tmp_path, bad, ["0"])
+    # the gate treats the mixed ensemble as any further variant: its own score file, the same +0.01 rule
+    _scored_baseline(tmp_path, f1=0.81)
+    with pytest.raises(SystemExit, match="no further look"):
+        seed_ensemble.check_test_look(tmp_path, "full+fs-100", _doc(0.8199, cross=0.8199))
+    assert seed_ensemble.check_test_look(tmp_path, "full+fs-100", _doc(0.8201, cross=0.8201)) == tmp_path / "test-score-full+fs-100.json"
