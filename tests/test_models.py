@@ -30,7 +30,8 @@ def _backbone_params(model: torch.nn.Module) -> int:
 
 
 def test_registry_lists_all_models():
-    assert list_models() == sorted(MODELS_1D + MODELS_2D + ["resnet18_postact_2d_stft", "resnet18_preact_2d_stft"])
+    assert list_models() == sorted(MODELS_1D + MODELS_2D + ["resnet18_postact_2d_stft", "resnet18_preact_2d_stft",
+                                                             "resnet18_preact_stem4"])
     assert list_models("resnet*_preact") == ["resnet18_preact", "resnet34_preact", "resnet50_preact"]
 
 
@@ -57,7 +58,7 @@ def test_unknown_model_and_bad_arguments_raise_config_error():
         create_model("resnet18_postact", width=0)
 
 
-@pytest.mark.parametrize("name", MODELS_1D + MODELS_2D)
+@pytest.mark.parametrize("name", MODELS_1D + MODELS_2D + ["resnet18_preact_stem4"])
 def test_create_model_output_and_feature_shapes(name):
     model = create_model(name, num_classes=3, width=SMALL).eval()
     expansion = 4 if name.startswith("resnet50") else 1
@@ -73,15 +74,37 @@ def test_create_model_output_and_feature_shapes(name):
     torch.testing.assert_close(logits, model.forward_head(features))
 
 
-@pytest.mark.parametrize("name", ["resnet18_postact", "resnet18_preact"])
-def test_1d_models_accept_any_length(name):
+@pytest.mark.parametrize("name, stride", [("resnet18_postact", 32), ("resnet18_preact", 32), ("resnet18_preact_stem4", 64)])
+def test_1d_models_accept_any_length(name, stride):
     model = create_model(name, num_classes=4, width=SMALL).eval()
+    assert model.feature_stride == stride
     with torch.no_grad():
         for length in (512, 2048, 4096, 16384, 777, 1001, 63):  # samples; odd lengths included
             x = torch.randn(1, 1, length)
             maps = model.forward_feature_maps(x)
-            assert maps.shape == (1, model.num_features, math.ceil(length / 32)), length
+            assert maps.shape == (1, model.num_features, math.ceil(length / stride)), length
             assert model(x).shape == (1, 4)
+
+
+def test_the_stride4_stem_doubles_the_receptive_field_and_keeps_the_weights_layout():
+    """resnet18_preact_stem4 at 250 Hz spans in seconds what resnet18_preact spans at 125 Hz: same weights, stem stride 4."""
+    torch.manual_seed(0)
+    base = create_model("resnet18_preact", num_classes=4, width=SMALL).eval()
+    stem4 = create_model("resnet18_preact_stem4", num_classes=4, width=SMALL).eval()
+    assert stem4.state_dict().keys() == base.state_dict().keys()
+    assert all(stem4.state_dict()[k].shape == v.shape for k, v in base.state_dict().items())
+    assert (base.stem.conv.stride, stem4.stem.conv.stride) == ((2,), (4,))
+
+    def receptive_field(model) -> int:  # input samples one step of the last feature map depends on
+        x = torch.randn(1, 1, 8192, requires_grad=True)
+        maps = model.final_norm(model.stages(model.stem(x)))
+        (grad,) = torch.autograd.grad(maps[0, :, maps.shape[-1] // 2].sum(), x)
+        support = (grad[0, 0] != 0).nonzero().flatten()
+        return int(support[-1] - support[0] + 1)
+
+    assert (receptive_field(base), receptive_field(stem4)) == (667, 1327)  # 5.3 s at 125 and at 250 Hz
+    with pytest.raises(ValueError, match="stem_stride"):
+        create_model("resnet18_preact", width=SMALL, stem_stride=3)
 
 
 def test_2d_model_spatial_sizes_and_in_chans():

@@ -80,10 +80,11 @@ def test_feature_steps_are_those_whose_centre_is_real_signal():
     assert [r.nonzero().flatten().tolist() for r in tiny] == [[0], [2], [0], [31]]  # 50 is nearer 64 than 32
 
 
-def test_the_centre_of_a_step_is_the_centre_of_its_receptive_field():
-    """Step ``j`` of the last feature map depends on input samples symmetric around ``32 * j``."""
-    model = _model("resnet18_postact")
-    x = torch.randn(1, 1, 4096, requires_grad=True)
+@pytest.mark.parametrize("name", ["resnet18_postact", "resnet18_preact_stem4"])
+def test_the_centre_of_a_step_is_the_centre_of_its_receptive_field(name):
+    """Step ``j`` of the last feature map depends on input samples symmetric around ``feature_stride * j`` (32, or 64)."""
+    model = _model(name)
+    x = torch.randn(1, 1, 8192, requires_grad=True)
     maps = model.forward_feature_maps(x)
     for j in (40, 100):
         (grad,) = torch.autograd.grad(maps[0, :, j].sum(), x, retain_graph=True)
@@ -111,6 +112,19 @@ def test_padded_input_pools_exactly_the_real_signals_steps():
         alone = model.forward_feature_maps(signal)  # (1, C, 44)
         reach = 12  # steps within the receptive field (~330 samples) of the edge differ
         torch.testing.assert_close(maps[..., 20 + reach :], alone[..., reach:], rtol=1e-4, atol=1e-4)
+
+
+def test_masked_pooling_of_the_stride4_stem_keeps_the_steps_centred_on_real_signal():
+    """resnet18_preact_stem4 (one step per 64 samples): the steps whose centre 64 * j is in ``valid``."""
+    model = _model("resnet18_preact_stem4")
+    length, pad = 2048, 640  # 10 steps of front padding at stride 64
+    padded = torch.cat([torch.zeros(1, 1, pad), torch.randn(1, 1, length - pad)], dim=-1)
+    with torch.no_grad():
+        maps = model.forward_feature_maps(padded)  # (1, C, 32)
+        keep = _manual_steps(pad, length, maps.shape[-1], stride=64)
+        assert keep == list(range(10, 32))
+        torch.testing.assert_close(model.forward_features(padded, torch.tensor([[pad, length]]))[0].double(),
+                                   maps[0][:, keep].double().mean(dim=-1), rtol=1e-5, atol=1e-6)
 
 
 def test_masked_pooling_with_the_conv2d_layout_matches_the_1d_layout():

@@ -7,7 +7,7 @@ and ends with global average pooling, so any ``T >= 1`` works; every stride-2 la
 
 Layout (``w`` = width multiplier, channels ``max(8, round(c * w))``, see :func:`scale_channels`)::
 
-    stem    conv k7 s2 (64w) [+ BN + ReLU, post-act only] -> max-pool 3 s2
+    stem    conv k7 s2 (64w; s4 in resnet18_preact_stem4) [+ BN + ReLU, post-act only] -> max-pool 3 s2
     stage1  64w  kernel 7  stride 1
     stage2  128w kernel 5  stride 2 (first block)
     stage3  256w kernel 5  stride 2 (first block)
@@ -62,6 +62,7 @@ __all__ = [
     "masked_mean",
     "resnet18_postact",
     "resnet18_preact",
+    "resnet18_preact_stem4",
     "resnet34_postact",
     "resnet34_preact",
     "resnet50_postact",
@@ -304,14 +305,17 @@ class ResNet(nn.Module):
         width: channel multiplier for the stem and all stages (see :func:`scale_channels`).
         drop_rate: dropout probability on the pooled features, before the head.
         spatial_dims: 1 for input ``(B, C, T)``, 2 for input ``(B, C, F, T)``.
-        stem_kernel_size: kernel of the stride-2 stem conv.
+        stem_kernel_size: kernel of the stem conv.
+        stem_stride: stride of the stem conv: 2 (the study), or 4 for a total stride of 64, e.g.
+            at 250 Hz the receptive field in seconds of the stride-2 model at 125 Hz.
         pooling: ``"mean"`` or ``"masked"`` (1-D only), see :meth:`set_pooling`.
 
     Attributes:
         num_features: length of the pooled feature vector (``scale_channels(512, width)``,
             times 4 for bottleneck blocks).
         num_classes: current number of head outputs (0 for a backbone).
-        feature_stride: input samples per time step of the last feature map (32 for four stages).
+        feature_stride: input samples per time step of the last feature map (32 for four stages
+            and a stride-2 stem, 64 with ``stem_stride=4``).
         pooling: the global pooling the model was trained with (``"mean"`` or ``"masked"``);
             callers give ``valid`` to :meth:`forward` when it is ``"masked"``. Not a parameter:
             the state dict is the same either way (model cards record it).
@@ -332,6 +336,7 @@ class ResNet(nn.Module):
         drop_rate: float = 0.0,
         spatial_dims: int = 1,
         stem_kernel_size: int = 7,
+        stem_stride: int = 2,
         input_transform: nn.Module | None = None,
         pooling: str = "mean",
     ):
@@ -346,6 +351,8 @@ class ResNet(nn.Module):
             raise ValueError(f"need one kernel size per stage: {len(layers)} stages, kernel_sizes={tuple(kernel_sizes)}")
         if any(k % 2 == 0 for k in (*kernel_sizes, stem_kernel_size)):
             raise ValueError(f"kernel sizes must be odd for 'same' padding, got {tuple(kernel_sizes)}, stem {stem_kernel_size}")
+        if stem_stride not in (2, 4):
+            raise ValueError(f"stem_stride must be 2 (the study) or 4, got {stem_stride!r}")
         if len(layers) > len(STAGE_CHANNELS):
             raise ValueError(f"at most {len(STAGE_CHANNELS)} stages, got layers={tuple(layers)}")
         if not 0.0 <= drop_rate < 1.0:
@@ -359,11 +366,11 @@ class ResNet(nn.Module):
         self.model_name: str | None = None  # set by create_model
         self.conv2d_layout = False  # see use_conv2d_layout
         # the stem conv and its max-pool, then one stride-2 block per stage after the first
-        self.feature_stride = 4 * 2 ** max(len(layers) - 1, 0)
+        self.feature_stride = stem_stride * 2 * 2 ** max(len(layers) - 1, 0)
         self.pooling = "mean"
 
         stem_chs = scale_channels(STEM_CHANNELS, width)
-        stem = OrderedDict(conv=_conv(spatial_dims, in_chans, stem_chs, stem_kernel_size, stride=2))
+        stem = OrderedDict(conv=_conv(spatial_dims, in_chans, stem_chs, stem_kernel_size, stride=stem_stride))
         if not preact:  # pre-act: the first block's BN-ReLU normalises the stem output
             stem["bn"] = _NORM[spatial_dims](stem_chs)
             stem["act"] = nn.ReLU(inplace=True)
@@ -572,6 +579,20 @@ def resnet50_postact(**kwargs) -> ResNet:
 def resnet18_preact(**kwargs) -> ResNet:
     """1-D ResNet-18v2, pre-activation blocks (He et al. 2016) with a final BN + ReLU."""
     return _resnet1d((2, 2, 2, 2), "basic", preact=True, **kwargs)
+
+
+@register_model()
+def resnet18_preact_stem4(**kwargs) -> ResNet:
+    """1-D ResNet-18v2 with a stride-4 stem conv (total stride 64) for 250 Hz input.
+
+    The same layers and state-dict keys as :func:`resnet18_preact`; only the stem conv's stride
+    is 4 instead of 2, so at 250 Hz every layer spans the seconds it spans in
+    ``resnet18_preact`` at 125 Hz (receptive field 1,327 samples = 5.3 s, against 667 samples =
+    2.7 s for ``resnet18_preact`` at 250 Hz; one feature step 0.256 s). At
+    width 0.25 the stride-2 model lost much at 250 Hz (0.667 vs 0.758 validation macro-F1 at
+    125 Hz, 15 epochs; ``reports/recipe-ablation``).
+    """
+    return _resnet1d((2, 2, 2, 2), "basic", preact=True, stem_stride=4, **kwargs)
 
 
 @register_model(aliases=("resnet34v2",))
