@@ -22,11 +22,12 @@ import numpy as np
 from seed_ensemble import read_val_predictions  # scripts/: the members' validation predictions
 
 from ecgtl.constants import CINC_CLASSES
-from ecgtl.evaluate.metrics import macro_f1
+from ecgtl.evaluate.metrics import bootstrap_difference_ci, macro_f1
 from ecgtl.experiments.report import fmt
 from ecgtl.fileio import atomic_write
 
 HERE = Path(__file__).resolve().parents[1]
+N_BOOT = 2000  # bootstrap replicates of each paired difference
 
 
 def main() -> int:
@@ -48,18 +49,26 @@ def main() -> int:
         if n != names or not np.array_equal(y_run, y):
             raise SystemExit(f"{run}: validated on other records than {members[args.base][0]}: not one selection split")
 
+    def labels(runs: list[Path]) -> np.ndarray:
+        return np.mean([read[r][2] for r in runs], axis=0).argmax(1)
+
     def f1(runs: list[Path]) -> float:
-        return macro_f1(y, np.mean([read[r][2] for r in runs], axis=0).argmax(1), len(CINC_CLASSES))
+        return macro_f1(y, labels(runs), len(CINC_CLASSES))
 
     base = members[args.base]
     lines = [f"Validation macro-F1 (selection split, n = {len(y)}) of the `{args.base}` members averaged, alone and with the "
              "finished members of another variant added, equal weights; each member's best epoch was chosen on these records "
-             "(optimistic). Command: `python scripts/mixed_ensembles.py`.", "",
-             "| ensemble | members | val macro-F1 |", "|---|---|---|",
-             f"| {args.base} alone | {len(base)} | {fmt(f1(base))} |"]
+             "(optimistic). *Difference*: to the base alone, with its 95% paired bootstrap interval (the same records "
+             f"resampled {N_BOOT} times for both; `ecgtl.evaluate.metrics.bootstrap_difference_ci`): an interval holding 0 "
+             "means these records cannot tell the two apart. Command: `python scripts/mixed_ensembles.py`.", "",
+             "| ensemble | members | val macro-F1 | difference (95% CI) |", "|---|---|---|---|",
+             f"| {args.base} alone | {len(base)} | {fmt(f1(base))} | |"]
     for variant, runs in sorted(members.items()):
         if variant != args.base:
-            lines.append(f"| {args.base} + {variant} | {len(base)} + {len(runs)} | {fmt(f1(base + runs))} |")
+            lo, hi = bootstrap_difference_ci(macro_f1, y, labels(base + runs), labels(base), n_boot=N_BOOT)
+            diff = f1(base + runs) - f1(base)
+            lines.append(f"| {args.base} + {variant} | {len(base)} + {len(runs)} | {fmt(f1(base + runs))} | "
+                         f"{fmt(diff, signed=True)} ({fmt(lo, signed=True)} to {fmt(hi, signed=True)}) |")
     out = Path(args.report) / "mixed-ensembles.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, "\n".join(lines) + "\n")

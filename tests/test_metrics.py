@@ -16,6 +16,7 @@ from ecgtl.evaluate.metrics import (
     accuracy,
     auroc,
     bootstrap_ci,
+    bootstrap_difference_ci,
     challenge_f1,
     classification_report,
     confusion_matrix,
@@ -315,3 +316,31 @@ def test_classification_report_other_class_sets_skip_challenge_f1():
     assert report["challenge_f1"] is None and report["macro_f1_ci"] is not None
     json.dumps(report, allow_nan=False)
     assert "challenge F1 (N, A, O)" not in format_report(report)
+
+
+def test_paired_bootstrap_difference_matches_a_plain_loop_over_the_same_resamples():
+    """metric(a) - metric(b) on each resample of the records, both models on the same resample."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, K, 400)
+    a = np.where(rng.random(400) < 0.8, y, rng.integers(0, K, 400))  # about 80% right
+    b = np.where(rng.random(400) < 0.7, y, rng.integers(0, K, 400))  # about 70% right
+    got = bootstrap_difference_ci(macro_f1, y, a, b, n_boot=300, seed=5)
+    idx = np.random.default_rng(5).integers(0, 400, size=(300, 400))  # the generator's draws for one chunk
+    diffs = [macro_f1(y[r], a[r]) - macro_f1(y[r], b[r]) for r in idx]
+    np.testing.assert_allclose(got, np.percentile(diffs, [2.5, 97.5]))
+    assert got[0] < macro_f1(y, a) - macro_f1(y, b) < got[1] and got[0] > 0  # a is better, and these records show it
+    assert bootstrap_difference_ci(challenge_f1, y, a, a, n_boot=50) == (0.0, 0.0)  # a model against itself
+    # paired: narrower than the two models' own intervals would suggest
+    lo_a, hi_a = bootstrap_ci(macro_f1, y, a, n_boot=300, seed=5)
+    lo_b, hi_b = bootstrap_ci(macro_f1, y, b, n_boot=300, seed=5)
+    assert got[1] - got[0] < (hi_a - lo_a) + (hi_b - lo_b)
+
+
+def test_paired_bootstrap_difference_refuses_what_it_cannot_do():
+    y = np.array([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="from_confusion"):
+        bootstrap_difference_ci(lambda t, p: 0.0, y, y, y)
+    with pytest.raises(ValueError, match="differ in length"):
+        bootstrap_difference_ci(macro_f1, y, y, y[:3])
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_difference_ci(macro_f1, y, y, y, n_boot=0)
