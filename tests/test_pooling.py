@@ -367,6 +367,26 @@ def test_export_of_a_masked_model_takes_the_valid_ranges(tmp_path):
     assert [i.name for i in session.get_inputs()] == ["ecg"]
 
 
+def test_a_stride4_stem_card_loads_classifies_and_exports_with_its_stride(tmp_path):
+    """resnet18_preact_stem4 travels by its architecture name: the card, Classifier and ONNX pool at stride 64."""
+    from ecgtl.evaluate.commands import run_export
+
+    card = _card(tmp_path / "stem4", "masked", architecture="resnet18_preact_stem4")
+    clf = Classifier(card, device="cpu")
+    assert clf.model.model_name == "resnet18_preact_stem4" and clf.model.feature_stride == 64
+    result = run_export(str(card), str(tmp_path / "stem4.onnx"))
+    assert result["same_predictions"] and result["max_abs_logit_difference"] < 1e-3
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "stem4.onnx"), providers=["CPUExecutionProvider"])
+    x = np.zeros((1, 1, 1500), np.float32)
+    x[0, 0, 700:] = np.random.default_rng(2).standard_normal(800)
+    valid = np.array([[700, 1500]], np.int64)
+    with torch.no_grad():
+        ref = clf.model(torch.from_numpy(x), torch.from_numpy(valid)).numpy()
+    np.testing.assert_allclose(session.run(None, {"ecg": x, "valid": valid})[0], ref, rtol=1e-4, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- config and fine-tuning
 def test_config_pooling_is_mean_or_masked_and_masked_needs_a_1d_model(tmp_path):
     assert load_config(FinetuneConfig, "cpu", "finetune", []).pooling == "mean"  # the presets as they were
