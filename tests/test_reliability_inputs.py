@@ -389,6 +389,7 @@ def test_presets_and_edge_values_stay_valid():
             load_config(cls, preset, kind)
     gpu = load_config(FinetuneConfig, "gpu", "finetune")  # the full-width candidate of issue 8
     assert gpu.model.width == 1.0 and gpu.fs == 250 and round(gpu.crop_seconds * gpu.fs) == 16384
+    assert create_model(gpu.model.name, num_classes=4, width=0.25).feature_stride == 64  # the stride-4 stem at 250 Hz
     cfg = load_config(FinetuneConfig, "cpu", "finetune", ["epochs=1e3", "fs=50", "crop_seconds=5.12", "hop_seconds=5.12", "batch_size=1",
                                                           "val_fraction=0.01", "label_fraction=1", "device=cuda:1", "folds=5", "fold=4"])
     assert cfg.epochs == 1000 and cfg.fs == 50
