@@ -17,7 +17,8 @@ that model -- and, for reference only, each member -- on the standard split's te
 same on a GPU for the full-width variants.
 
 ``--variant A+B`` makes a mixed ensemble: the ``--seeds`` of A, then those of B, equal weights
-(its table's first rows are A alone).
+(its table's first rows are A alone). ``A+B`` and ``B+A`` are one model: scored under either name,
+it is not scored again under the other.
 
 Each variant writes its own files in ``--report`` (``full``, the baseline, keeps the plain names
 ``ensemble.md``, ``ensemble-validation.json``, ``test-score.json``; variant ``X`` writes
@@ -69,6 +70,21 @@ def report_file(out: Path, stem: str, variant: str, suffix: str) -> Path:
     return out / (f"{stem}{suffix}" if variant == BASELINE else f"{stem}-{variant}{suffix}")
 
 
+def model_key(name: str) -> tuple[frozenset, bool]:
+    """What a model name stands for: its set of variants (``A+B`` = ``B+A``, the same equal-weight average) and its shifts."""
+    tta = name.endswith("-tta")
+    return frozenset((name[: -len("-tta")] if tta else name).split("+")), tta
+
+
+def scored_file(out: Path, name: str) -> Path | None:
+    """The score file in ``out`` of model ``name`` under any of its names (``A+B`` or ``B+A``), or None if not scored."""
+    for f in [out / "test-score.json", *sorted(out.glob("test-score-*.json"))]:
+        other = BASELINE if f.name == "test-score.json" else f.name[len("test-score-"):-len(".json")]
+        if f.is_file() and model_key(other) == model_key(name):
+            return f
+    return None
+
+
 def validation_score(doc: dict) -> float:
     """The validation macro-F1 an ensemble file stands for: cross-fitted when it keeps class biases, else plain."""
     val = doc["validation"]
@@ -89,8 +105,9 @@ def check_test_look(out: Path, variant: str, doc: dict, first_look: bool = False
     validation records by ``MIN_VAL_GAIN``.
     """
     target = report_file(out, "test-score", variant, ".json")
-    if target.is_file():
-        raise SystemExit(f"{target}: this model's test split was scored already; it is scored once")
+    done = scored_file(out, variant)
+    if done is not None:
+        raise SystemExit(f"{done}: this model's test split was scored already; it is scored once")
     scored = report_file(out, "test-score", BASELINE, ".json")
     if first_look:
         if scored.is_file() or any(out.glob("test-score-*.json")):
@@ -231,8 +248,8 @@ def main() -> int:
         raise SystemExit(f"members not trained yet: {', '.join(map(str, missing))} (python scripts/recipe_ablation.py "
                          f"--only {args.variant.replace('+', ',')} --seeds {args.seeds})")
     name = args.variant + ("-tta" if shifts else "")  # the model: its members, and its test-time shifts if any
-    scored = report_file(out, "test-score", name, ".json")
-    if scored.is_file():  # its ensemble and validation files are the record of what was scored: never rewritten
+    scored = scored_file(out, name)
+    if scored is not None:  # its ensemble and validation files are the record of what was scored: never rewritten
         raise SystemExit(f"{scored}: model {name} was scored on the test split already; its ensemble and validation "
                          "files stay as they were when it was scored (train other seeds as another variant)")
     validation_table(runs, out, name)

@@ -81,6 +81,21 @@ def test_model_is_random_or_the_cards_backbone_with_a_new_head(tmp_path):
             assert torch.equal(v, pre[k]), k
 
 
+def test_a_backbone_of_another_stride_than_the_configs_model_is_named_in_a_warning(tmp_path, capsys):
+    """--init a stride-32 card with the gpu preset's stride-64 model: the card's model is used, and the user is told."""
+    backbone = create_model("resnet18_preact", num_classes=5, width=0.125)
+    save_weights(backbone.state_dict(), tmp_path / "backbone.safetensors")
+    write_card(tmp_path / "model.json", tmp_path / "backbone.safetensors", architecture="resnet18_preact", width=0.125,
+               num_classes=5, fs=250.0, normalization={"mean": 0.0, "std": 1.0})
+    init = f"init={tmp_path / 'model.json'}"
+    model, _ = build_model(_cfg(tmp_path, init, "model.name=resnet18_preact_stem4", "model.width=0.125"))
+    assert model.model_name == "resnet18_preact" and model.feature_stride == 32
+    assert "warning: the backbone resnet18_preact has a total stride of 32 samples, not the 64" in capsys.readouterr().out
+    build_model(_cfg(tmp_path, init, "model.name=resnet34_preact", "model.width=0.125"))  # another depth, the same stride
+    out = capsys.readouterr().out
+    assert "note: architecture from the card" in out and "total stride" not in out
+
+
 def test_a_run_folder_of_an_older_version_resumes_but_other_settings_are_refused(tmp_path):
     """A config.yaml written before a field existed, or under a model's older name, is the same run."""
     import yaml

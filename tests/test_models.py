@@ -103,8 +103,14 @@ def test_the_stride4_stem_doubles_the_receptive_field_and_keeps_the_weights_layo
         return int(support[-1] - support[0] + 1)
 
     assert (receptive_field(base), receptive_field(stem4)) == (667, 1327)  # 5.3 s at 125 and at 250 Hz
+    # the stride is in the name, never an option: a card's architecture name rebuilds exactly its network
+    for name in ("resnet18_preact", "resnet18_preact_stem4", "resnet18_preact_2d_stft"):
+        with pytest.raises(ConfigError, match="part of the model's name"):
+            create_model(name, width=SMALL, stem_stride=4)
+    from ecgtl.models.resnet1d import ResNet
+
     with pytest.raises(ValueError, match="stem_stride"):
-        create_model("resnet18_preact", width=SMALL, stem_stride=3)
+        ResNet((2, 2, 2, 2), stem_stride=3)
 
 
 def test_2d_model_spatial_sizes_and_in_chans():

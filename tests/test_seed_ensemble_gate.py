@@ -116,8 +116,14 @@ def test_a_mixed_ensemble_takes_the_seeds_of_each_variant_in_order(seed_ensemble
     for bad in ("full+full", "full+", "+fs-100"):
         with pytest.raises(SystemExit, match="distinct names"):
             seed_ensemble.member_runs(tmp_path, bad, ["0"])
-    # the gate treats the mixed ensemble as any further variant: its own score file, the same +0.01 rule
+    # A+B and B+A are one model (equal weights): scored under either name, it is not scored again under the other
     _scored_baseline(tmp_path, f1=0.81)
-    with pytest.raises(SystemExit, match="no further look"):
-        seed_ensemble.check_test_look(tmp_path, "full+fs-100", _doc(0.8199, cross=0.8199))
-    assert seed_ensemble.check_test_look(tmp_path, "full+fs-100", _doc(0.8201, cross=0.8201)) == tmp_path / "test-score-full+fs-100.json"
+    target = seed_ensemble.check_test_look(tmp_path, "full+fs-100", _doc(0.8201, cross=0.8201))
+    assert target == tmp_path / "test-score-full+fs-100.json"
+    target.write_text("{}")
+    for same in ("fs-100+full", "full+fs-100"):
+        with pytest.raises(SystemExit, match="scored already"):
+            seed_ensemble.check_test_look(tmp_path, same, _doc(0.90, cross=0.90))
+        assert seed_ensemble.scored_file(tmp_path, same) == target
+    assert seed_ensemble.scored_file(tmp_path, "fs-100+full-tta") is None  # with test-time shifts: another model
+    assert seed_ensemble.scored_file(tmp_path, "full") == tmp_path / "test-score.json"

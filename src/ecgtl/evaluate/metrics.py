@@ -295,16 +295,24 @@ def _bootstrap_index_chunks(n: int, n_boot: int, seed: int | None):
 
 def _bootstrap_confusions(t: np.ndarray, p: np.ndarray, num_classes: int, n_boot: int, seed: int | None) -> np.ndarray:
     """Confusion matrices of n_boot resamples, shape (n_boot, K, K), via one bincount per chunk."""
+    return _bootstrap_confusions_of(t, [p], num_classes, n_boot, seed)[0]
+
+
+def _bootstrap_confusions_of(t: np.ndarray, preds: Sequence[np.ndarray], num_classes: int, n_boot: int,
+                             seed: int | None) -> list[np.ndarray]:
+    """One (n_boot, K, K) stack per prediction array, all on the same resamples (indices drawn once per chunk)."""
     kk = num_classes * num_classes
-    codes = t * num_classes + p  # cell of each record in the flattened confusion matrix
-    out = np.empty((n_boot, num_classes, num_classes), dtype=np.int64)
+    codes = [t * num_classes + p for p in preds]  # cell of each record in the flattened confusion matrix
+    outs = [np.empty((n_boot, num_classes, num_classes), dtype=np.int64) for _ in preds]
     start = 0
     for idx in _bootstrap_index_chunks(t.size, n_boot, seed):
         c = idx.shape[0]
-        flat = codes[idx] + (np.arange(c, dtype=np.int64) * kk)[:, None]
-        out[start : start + c] = np.bincount(flat.ravel(), minlength=c * kk).reshape(c, num_classes, num_classes)
+        offsets = (np.arange(c, dtype=np.int64) * kk)[:, None]
+        for code, out in zip(codes, outs):
+            flat = code[idx] + offsets
+            out[start : start + c] = np.bincount(flat.ravel(), minlength=c * kk).reshape(c, num_classes, num_classes)
         start += c
-    return out
+    return outs
 
 
 def _percentile_interval(stats: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -404,7 +412,8 @@ def bootstrap_difference_ci(
     """Paired percentile bootstrap interval of ``metric(a) - metric(b)``: two models on the same records.
 
     Each replicate resamples the records once and scores both label arrays on that resample
-    (the same resamples :func:`bootstrap_ci` draws with this ``seed``), so what the two models
+    (the same resamples :func:`bootstrap_ci` draws with this ``seed``; ``None``: fresh ones,
+    still shared by both), so what the two models
     share cancels, and the interval is narrower than the two intervals apart would suggest.
     An interval that holds 0 says these records cannot tell the two models apart. Only metrics
     with a ``from_confusion`` form (:func:`macro_f1`, :func:`challenge_f1`, :func:`accuracy`);
@@ -417,8 +426,8 @@ def bootstrap_difference_ci(
     k = _check_num_classes(num_classes)
     t, a = _labels_pair(y_true, y_pred_a, k)
     t, b = _labels_pair(y_true, y_pred_b, k)
-    stats = (np.asarray(from_confusion(_bootstrap_confusions(t, a, k, int(n_boot), seed)), dtype=np.float64)
-             - np.asarray(from_confusion(_bootstrap_confusions(t, b, k, int(n_boot), seed)), dtype=np.float64))
+    cm_a, cm_b = _bootstrap_confusions_of(t, [a, b], k, int(n_boot), seed)  # one draw of resamples for both
+    stats = np.asarray(from_confusion(cm_a), dtype=np.float64) - np.asarray(from_confusion(cm_b), dtype=np.float64)
     return _percentile_interval(stats, float(alpha))
 
 

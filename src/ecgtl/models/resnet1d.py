@@ -552,33 +552,41 @@ def apply_conv_layout(module: nn.Module, layout: str, device: torch.device) -> s
     return layout
 
 
-def _resnet1d(layers: Sequence[int], block: str, preact: bool, **kwargs) -> ResNet:
+def _resnet1d(layers: Sequence[int], block: str, preact: bool, stem_stride: int = 2, **kwargs) -> ResNet:
     kwargs.setdefault("kernel_sizes", PAPER_KERNEL_SIZES)
-    return ResNet(layers, block=block, preact=preact, spatial_dims=1, **kwargs)
+    return ResNet(layers, block=block, preact=preact, spatial_dims=1, stem_stride=stem_stride, **kwargs)
+
+
+def _fixed_stem(name: str, kwargs: dict) -> dict:
+    """``kwargs`` without a ``stem_stride``: the model's name fixes it, so that a card's architecture rebuilds the same network."""
+    if "stem_stride" in kwargs:
+        raise ConfigError(f"{name}: the stem stride is part of the model's name (resnet18_preact_stem4 has stride 4), "
+                          f"not an option; got stem_stride={kwargs['stem_stride']!r}")
+    return kwargs
 
 
 @register_model(aliases=("resnet18",))
 def resnet18_postact(**kwargs) -> ResNet:
     """1-D ResNet-18, post-activation blocks of the authors' code (the paper's "ResNet-18v2" runs)."""
-    return _resnet1d((2, 2, 2, 2), "basic", preact=False, **kwargs)
+    return _resnet1d((2, 2, 2, 2), "basic", preact=False, **_fixed_stem("resnet18_postact", kwargs))
 
 
 @register_model(aliases=("resnet34",))
 def resnet34_postact(**kwargs) -> ResNet:
     """1-D ResNet-34, post-activation blocks of the authors' code."""
-    return _resnet1d((3, 4, 6, 3), "basic", preact=False, **kwargs)
+    return _resnet1d((3, 4, 6, 3), "basic", preact=False, **_fixed_stem("resnet34_postact", kwargs))
 
 
 @register_model(aliases=("resnet50",))
 def resnet50_postact(**kwargs) -> ResNet:
     """1-D ResNet-50 (bottleneck x4), post-activation blocks of the authors' code."""
-    return _resnet1d((3, 4, 6, 3), "bottleneck", preact=False, **kwargs)
+    return _resnet1d((3, 4, 6, 3), "bottleneck", preact=False, **_fixed_stem("resnet50_postact", kwargs))
 
 
 @register_model(aliases=("resnet18v2",))
 def resnet18_preact(**kwargs) -> ResNet:
     """1-D ResNet-18v2, pre-activation blocks (He et al. 2016) with a final BN + ReLU."""
-    return _resnet1d((2, 2, 2, 2), "basic", preact=True, **kwargs)
+    return _resnet1d((2, 2, 2, 2), "basic", preact=True, **_fixed_stem("resnet18_preact", kwargs))
 
 
 @register_model()
@@ -592,16 +600,16 @@ def resnet18_preact_stem4(**kwargs) -> ResNet:
     width 0.25 the stride-2 model lost much at 250 Hz (0.667 vs 0.758 validation macro-F1 at
     125 Hz, 15 epochs; ``reports/recipe-ablation``).
     """
-    return _resnet1d((2, 2, 2, 2), "basic", preact=True, stem_stride=4, **kwargs)
+    return _resnet1d((2, 2, 2, 2), "basic", preact=True, stem_stride=4, **_fixed_stem("resnet18_preact_stem4", kwargs))
 
 
 @register_model(aliases=("resnet34v2",))
 def resnet34_preact(**kwargs) -> ResNet:
     """1-D ResNet-34v2, pre-activation blocks with a final BN + ReLU."""
-    return _resnet1d((3, 4, 6, 3), "basic", preact=True, **kwargs)
+    return _resnet1d((3, 4, 6, 3), "basic", preact=True, **_fixed_stem("resnet34_preact", kwargs))
 
 
 @register_model(aliases=("resnet50v2",))
 def resnet50_preact(**kwargs) -> ResNet:
     """1-D ResNet-50v2 (bottleneck x4), pre-activation blocks with a final BN + ReLU."""
-    return _resnet1d((3, 4, 6, 3), "bottleneck", preact=True, **kwargs)
+    return _resnet1d((3, 4, 6, 3), "bottleneck", preact=True, **_fixed_stem("resnet50_preact", kwargs))

@@ -191,6 +191,12 @@ def build_model(cfg: FinetuneConfig) -> tuple[torch.nn.Module, float]:
         print(f"warning: backbone pre-trained at {card['fs']} Hz, fine-tuning at {cfg.fs:g} Hz")
     if (model.model_name, float(card["width"])) != (resolve_name(cfg.model.name), float(cfg.model.width)):
         print(f"note: architecture from the card: {model.model_name} width {card['width']}")
+        planned = getattr(create_model(cfg.model.name, num_classes=0, width=cfg.model.width), "feature_stride", None)
+        if planned is not None and getattr(model, "feature_stride", planned) != planned:
+            print(f"warning: the backbone {model.model_name} has a total stride of {model.feature_stride} samples, not the "
+                  f"{planned} of {cfg.model.name} that the config names: its receptive field in seconds at {cfg.fs:g} Hz "
+                  f"differs by a factor {planned / model.feature_stride:g} (e.g. resnet18_preact at 250 Hz spans half the "
+                  "seconds of resnet18_preact_stem4); pre-train the config's model, or fine-tune at the backbone's rate")
     if cfg.model.drop_rate:
         model.head_drop.p = cfg.model.drop_rate
     return _set_pooling(model, cfg), float(card["width"])
