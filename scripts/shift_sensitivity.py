@@ -44,7 +44,8 @@ def main() -> int:
     ap.add_argument("--runs", default="runs/recipe-ablation")
     ap.add_argument("--variant", default="full")
     ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--shifts", default="0,4,8,12,16,20,24,28")
+    ap.add_argument("--shifts", default="0,4,8,12,16,20,24,28",
+                    help="samples at the members' rate: one period of a total stride of 32 (0,8,...,56 for stride 64)")
     ap.add_argument("--data", default="data/raw/challenge-2017/1.0.0/training2017")
     ap.add_argument("--report", default=str(HERE / "reports" / "recipe-ablation"))
     args = ap.parse_args()

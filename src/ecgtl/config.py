@@ -246,7 +246,7 @@ class PretrainConfig:
         _number("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True, why="fraction of the patients held out for validation")
         _number("fs", self.fs, *FS_RANGE_HZ, unit="Hz", why="the model's input rate")
         _integer("frame_samples", self.frame_samples, MIN_INPUT_SAMPLES, MAX_INPUT_SAMPLES, unit="samples",
-                 why=f"at fs; the model downsamples by 32 and needs at least {MIN_INPUT_SAMPLES}")
+                 why=f"at fs; the model downsamples by 32 (64 with a stride-4 stem) and needs at least {MIN_INPUT_SAMPLES}")
         _integer("context_frames", self.context_frames, 1, 64, unit="frames", why="future task: frames before the predicted one")
         if self.task == "future" and self.frame_samples * (self.context_frames + 1) > MAX_INPUT_SAMPLES:
             raise ConfigError(f"frame_samples x (context_frames + 1) must be at most {MAX_INPUT_SAMPLES} samples (one input of "
@@ -265,7 +265,7 @@ class PretrainConfig:
 
 # ----------------------------------------------------------------------------- validation
 FS_RANGE_HZ = (50.0, 1000.0)  # model input rates: the study uses 50-250 Hz; CinC 2017 is recorded at 300 Hz
-MIN_INPUT_SAMPLES = 256  # the ResNets downsample by 32 (8 time steps left); the STFT models need > 32 samples
+MIN_INPUT_SAMPLES = 256  # the ResNets downsample by 32 (8 time steps left; 4 at stride 64); the STFT models need > 32 samples
 MAX_INPUT_SAMPLES = 1 << 20  # one Icentia11k segment (1,048,577 samples); longer inputs only exhaust memory
 MAX_INPUT_SECONDS = 300.0  # CinC 2017 records are 9-61 s
 MAX_EPOCHS = 100_000

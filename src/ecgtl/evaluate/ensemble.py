@@ -324,7 +324,8 @@ def add_parser(subparsers) -> None:
                    "probabilities (kept only if cross-fitting says they help)")
     p.add_argument("--test-time-shifts", type=_shifts, metavar="K,K,...",
                    help="test-time augmentation: also read each window K samples later (at each member's rate) and "
-                   "average; one period of the 1-D ResNets' stride is 0,4,8,12,16,20,24,28 (default: none)")
+                   "average; one period of the 1-D ResNets' stride is 0,4,8,12,16,20,24,28 (0,8,...,56 for "
+                   "resnet18_preact_stem4; default: none)")
     p.add_argument("--data", help="CinC-layout folder of the validation records (default: the members' config)")
     p.add_argument("--records", help="validation records: FILE.json:val or a file of names (default: the members' val split)")
     p.add_argument("--labels", default="v3", help="v3 (default), original, or a label file")

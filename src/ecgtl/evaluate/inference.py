@@ -462,7 +462,8 @@ class Classifier:
     ``k`` samples later for every ``k`` (samples at the model's rate; the part past the record's
     end is zeros, as its front padding is), and the record's probabilities average all of them.
     A strided network is not shift invariant: one period of its total stride (32 samples for the
-    1-D ResNets here: ``0, 4, ..., 28``) averages out the phase at which it sees the signal.
+    1-D ResNets here: ``0, 4, ..., 28``; 64 for ``resnet18_preact_stem4``: ``0, 8, ..., 56``)
+    averages out the phase at which it sees the signal.
     Only the ``crop`` input (sliding windows) takes shifts.
     """
 

@@ -3,7 +3,8 @@
 Input ``(B, in_chans, T)``: ``T`` in samples (250 Hz in the study: 512-4,096 samples for
 pre-training frames, 16,384 for a CinC 2017 record). The network is fully convolutional
 and ends with global average pooling, so any ``T >= 1`` works; every stride-2 layer maps
-``T -> ceil(T / 2)``, so the last feature map has ``ceil(T / 32)`` time steps.
+``T -> ceil(T / 2)``, so the last feature map has ``ceil(T / 32)`` time steps (``ceil(T / 64)`` for
+``resnet18_preact_stem4``, whose stem conv has stride 4: ``feature_stride``).
 
 Layout (``w`` = width multiplier, channels ``max(8, round(c * w))``, see :func:`scale_channels`)::
 
@@ -100,8 +101,8 @@ def valid_feature_steps(valid: torch.Tensor, steps: int, stride: int) -> torch.T
     ``valid`` ``(B, 2)`` (integers): per input, the sample range ``[start, end)`` of real
     signal (``start`` = zero-padded samples in front, ``end`` = input length minus those at the
     end). Step ``j`` of a map of stride ``stride`` is centred on input sample ``stride * j``
-    (every strided layer here has an odd kernel with padding ``k // 2``, so output ``i`` is
-    centred on input ``2 * i``); a step counts when its centre lies in ``[start, end)``, and
+    (every strided layer here has an odd kernel with padding ``k // 2``, so output ``i`` of a
+    stride-``s`` layer is centred on input ``s * i``); a step counts when its centre lies in ``[start, end)``, and
     at least one step always counts (where no centre does, the one nearest to the range's
     middle). An input without padding (``valid = (0, T)``) counts all ``ceil(T / stride)`` steps.
     Traceable (no Python branch on values): exported to ONNX with dynamic length.
@@ -482,7 +483,8 @@ class ResNet(nn.Module):
     def forward_feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Feature maps before pooling.
 
-        1-D: ``(B, in_chans, T)`` -> ``(B, num_features, ceil(T / 32))`` (T in samples).
+        1-D: ``(B, in_chans, T)`` -> ``(B, num_features, ceil(T / feature_stride))`` (T in samples;
+        ``feature_stride`` 32, or 64 with a stride-4 stem).
         2-D: ``(B, in_chans, F, T)`` -> ``(B, num_features, ceil(F / 32), ceil(T / 32))``.
         Useful for masked pooling over zero-padded records or for saliency maps.
         With an ``input_transform`` (the STFT models) the input is raw ECG ``(B, 1, T)``.
@@ -594,9 +596,9 @@ def resnet18_preact_stem4(**kwargs) -> ResNet:
     """1-D ResNet-18v2 with a stride-4 stem conv (total stride 64) for 250 Hz input.
 
     The same layers and state-dict keys as :func:`resnet18_preact`; only the stem conv's stride
-    is 4 instead of 2, so at 250 Hz every layer spans the seconds it spans in
+    is 4 instead of 2, so at 250 Hz every layer after the stem conv spans the seconds it spans in
     ``resnet18_preact`` at 125 Hz (receptive field 1,327 samples = 5.3 s, against 667 samples =
-    2.7 s for ``resnet18_preact`` at 250 Hz; one feature step 0.256 s). At
+    2.6 s for ``resnet18_preact`` at 250 Hz; one feature step 0.256 s). At
     width 0.25 the stride-2 model lost much at 250 Hz (0.667 vs 0.758 validation macro-F1 at
     125 Hz, 15 epochs; ``reports/recipe-ablation``).
     """
