@@ -69,7 +69,7 @@ def run_variant(name: str, overrides: list[str], seed: int, data: Path, splits: 
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     return {"variant": name, "seed": seed, "val_macro_f1": res["val"]["macro_f1"],
             "val_challenge_f1": res["val"].get("challenge_f1"), "best_epoch": res["best_round"], "epochs": len(rows),
-            "train_minutes": round(sum(float(r["train_seconds"]) for r in rows) / 60, 2), "overrides": " ".join(overrides)}
+            "train_minutes": sum(float(r["train_seconds"]) for r in rows) / 60, "overrides": " ".join(overrides)}
 
 
 def finished_seeds(name: str, runs: Path) -> list[int]:
@@ -103,7 +103,7 @@ def write_table(rows: list[dict], variants: dict, out: Path) -> None:
         sd = statistics.stdev(f1) if len(f1) > 1 else float("nan")
         lines.append(f"| {name} | `{' '.join(spec['set']) or '(none)'}` | {len(got)} | {fmt(statistics.mean(f1))} +- {fmt(sd)} | "
                      f"{fmt(statistics.mean(r['val_challenge_f1'] for r in got))} | {', '.join(str(r['best_epoch']) for r in got)} | "
-                     f"{statistics.mean(r['train_minutes'] for r in got):.1f} |")
+                     f"{fmt(statistics.mean(r['train_minutes'] for r in got), digits=1)} |")
     atomic_write(out / "ablation.md", "\n".join(lines) + "\n")
 
 
