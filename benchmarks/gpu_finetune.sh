@@ -4,7 +4,7 @@
 # split of scripts/recipe_ablation.py (no test record is read), then the table, and the
 # inference benchmark on the real records.
 #
-#   bash benchmarks/gpu_finetune.sh OUT_DIR [CARRY_DIR] [SEEDS] [EPOCHS]    # SMOKE=1: 1 epoch, 2 variants, CPU
+#   bash benchmarks/gpu_finetune.sh OUT_DIR [CARRY_DIR] [SEEDS] [EPOCHS]    # SMOKE=1: 1 epoch, 2 variants at width 0.25, CPU
 #   ENSEMBLE=auto bash benchmarks/gpu_finetune.sh ...   # then 5 seeds of the best variant, ensembled, test scored once
 #
 # CARRY_DIR (default gpucarry/) holds whl/ (the wfdb wheel, as for gpu_session.sh), cinc/ (CinC 2017
@@ -27,7 +27,7 @@ cp "$CARRY/selection-splits.json" "$RUNS/"
 VARIANTS=reports/recipe-ablation-gpu/variants.yaml
 NAMES=$($PY -c "import yaml; print(' '.join(yaml.safe_load(open('$VARIANTS'))))")
 EXTRA="--set epochs=$EPOCHS"
-if [ "${SMOKE:-0}" = 1 ]; then NAMES="w025-250hz w05-125hz"; EXTRA="--set epochs=1"; fi
+if [ "${SMOKE:-0}" = 1 ]; then NAMES="w1-stem4 w1-125hz"; EXTRA="--set epochs=1 --set model.width=0.25"; fi
 echo "variants: $NAMES; seeds $SEEDS; records in $REC"
 for name in $NAMES; do
     ( timeout ${LIMIT:-330} $PY scripts/recipe_ablation.py --variants $VARIANTS --only "$name" --seeds "$SEEDS" \

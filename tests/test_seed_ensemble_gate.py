@@ -51,7 +51,7 @@ def test_a_fresh_report_folder_takes_one_first_look_only_when_asked(seed_ensembl
     assert got == tmp_path / "test-score-w05-125hz.json"
     got.write_text("{}")
     with pytest.raises(SystemExit, match="not a first look"):
-        seed_ensemble.check_test_look(tmp_path, "w025-250hz", _doc(0.70), first_look=True)
+        seed_ensemble.check_test_look(tmp_path, "w1-stem4-reg", _doc(0.70), first_look=True)
     _scored_baseline(tmp_path / "cpu")
     with pytest.raises(SystemExit, match="not a first look"):
         seed_ensemble.check_test_look(tmp_path / "cpu", "epochs-60", _doc(0.90), first_look=True)
