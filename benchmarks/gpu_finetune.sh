@@ -6,6 +6,15 @@
 #
 #   bash benchmarks/gpu_finetune.sh OUT_DIR [CARRY_DIR] [SEEDS] [EPOCHS]    # SMOKE=1: 1 epoch, 2 variants at width 0.25, CPU
 #   ENSEMBLE=auto bash benchmarks/gpu_finetune.sh ...   # then 5 seeds of the best variant, ensembled, test scored once
+#   BENCH=0: skip the inference benchmark (already measured: reports/bench_inference_cuda_cinc.json)
+#
+# Through the device tool (at most 600 s per command, about 15 device-minutes a session) this takes
+# two calls on the same warm machine, since the runs stay in RUNS_DIR (/tmp) between them and a
+# finished run is skipped: (1) `BENCH=0 bash benchmarks/gpu_finetune.sh $OUT/screen` -- 6 runs side
+# by side, each cut at LIMIT (420 s); the issue measured one full-width 250 Hz run alone at 94 s on
+# an H200, and the stride-4 and 125 Hz runs do about half its work past the stem; (2) `BENCH=0
+# ENSEMBLE=auto bash benchmarks/gpu_finetune.sh $OUT/ens` -- seeds 1-4 of the best variant (seed 0
+# is its screening run), the ensemble and the one test look. Untested on a GPU so far.
 #
 # CARRY_DIR (default gpucarry/) holds whl/ (the wfdb wheel, as for gpu_session.sh), cinc/ (CinC 2017
 # packed by ../shared/tools/cinc_pack.py), cinc_pack.py itself, and selection-splits.json (the
@@ -30,7 +39,7 @@ EXTRA="--set epochs=$EPOCHS"
 if [ "${SMOKE:-0}" = 1 ]; then NAMES="w1-stem4 w1-125hz"; EXTRA="--set epochs=1 --set model.width=0.25"; fi
 echo "variants: $NAMES; seeds $SEEDS; records in $REC"
 for name in $NAMES; do
-    ( timeout ${LIMIT:-330} $PY scripts/recipe_ablation.py --variants $VARIANTS --only "$name" --seeds "$SEEDS" \
+    ( timeout ${LIMIT:-420} $PY scripts/recipe_ablation.py --variants $VARIANTS --only "$name" --seeds "$SEEDS" \
         --data "$REC" --runs "$RUNS" --report "$OUT/table" $EXTRA > "$OUT/log-$name.txt" 2>&1 ) &
 done
 wait
@@ -47,7 +56,7 @@ print(max(d, key=lambda k: s.mean(d[k])))")
     fi
     echo "ensemble of variant $BEST (seeds 0-4)"
     for seed in 0 1 2 3 4; do
-        ( timeout ${LIMIT:-330} $PY scripts/recipe_ablation.py --variants $VARIANTS --only "$BEST" --seeds $seed \
+        ( timeout ${LIMIT:-420} $PY scripts/recipe_ablation.py --variants $VARIANTS --only "$BEST" --seeds $seed \
             --data "$REC" --runs "$RUNS" --report "$OUT/table-seed$seed" $EXTRA > "$OUT/log-ens-$seed.txt" 2>&1 ) &
     done
     wait
@@ -57,7 +66,7 @@ fi
 # every run's metrics (partial ones too), results and config, in one file
 (cd "$RUNS" && tar czf "$OUT/runs.tgz" */metrics.csv */results.json */config.yaml 2>/dev/null)
 cat "$OUT"/log-*.txt | tail -40 > "$OUT/logs.txt"; rm -f "$OUT"/log-*.txt
-if [ -f benchmarks/bench_inference.py ]; then
+if [ "${BENCH:-1}" = 1 ] && [ -f benchmarks/bench_inference.py ]; then
     timeout 120 $PY benchmarks/bench_inference.py --device ${DEVICE:-cuda} --data "$REC" --out "$OUT/bench_inference_cinc.json" 2>&1 | tail -15
 fi
 ls -la "$OUT" "$OUT/table"
