@@ -19,12 +19,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from seed_ensemble import read_val_predictions  # scripts/: the members' validation predictions
+from seed_ensemble import read_val_predictions, write_markdown  # scripts/: shared with the seed ensemble
 
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.evaluate.metrics import bootstrap_difference_ci, macro_f1
 from ecgtl.experiments.report import fmt
-from ecgtl.fileio import atomic_write
 
 HERE = Path(__file__).resolve().parents[1]
 N_BOOT = 2000  # bootstrap replicates of each paired difference
@@ -69,10 +68,7 @@ def main() -> int:
             diff = f1(base + runs) - f1(base)
             lines.append(f"| {args.base} + {variant} | {len(base)} + {len(runs)} | {fmt(f1(base + runs))} | "
                          f"{fmt(diff, signed=True)} ({fmt(lo, signed=True)} to {fmt(hi, signed=True)}) |")
-    out = Path(args.report) / "mixed-ensembles.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(Path(args.report) / "mixed-ensembles.md", lines)
     return 0
 
 

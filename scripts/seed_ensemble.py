@@ -139,6 +139,13 @@ def member_runs(runs_dir: Path, variant: str, seeds: list[str]) -> list[Path]:
     return [runs_dir / f"{part}-seed{s}" for part in parts for s in seeds]
 
 
+def write_markdown(path: Path, lines: list[str]) -> None:
+    """Write a report's Markdown lines to ``path`` (its folder made, the file replaced atomically) and print them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def read_val_predictions(run: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """A member's validation predictions (``predictions_val.csv`` of ``ecgtl finetune``): names, labels, probabilities."""
     with open(run / "predictions_val.csv", newline="") as fh:
@@ -180,8 +187,7 @@ def validation_table(runs: list[Path], out: Path, variant: str = "full") -> list
         lines.append(f"| {r['members']} ({r['seeds']}) | {cut4(r['member_val_macro_f1'])} | {cut4(r['val_macro_f1'])} | "
                      f"{cut4(r['val_macro_f1_biases_cross_fitted'])} +- {cut4(r['cross_fitted_std'])} | "
                      f"{cut4(r['val_macro_f1_biases_fitted_here'])} |")
-    atomic_write(report_file(out, "ensemble", variant, ".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(report_file(out, "ensemble", variant, ".md"), lines)
     return rows
 
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from seed_ensemble import write_markdown  # scripts/: shared with the seed ensemble
 
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc2017 import Cinc2017
@@ -25,7 +26,6 @@ from ecgtl.data.splits import load_splits
 from ecgtl.evaluate.inference import Classifier
 from ecgtl.evaluate.metrics import macro_f1
 from ecgtl.experiments.report import fmt
-from ecgtl.fileio import atomic_write
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -81,10 +81,7 @@ def main() -> int:
         scores = [f1(p[i]) for i in range(len(shifts))]
         lines.append(f"| {name} | " + " | ".join(fmt(s) for s in scores)
                      + f" | {fmt(min(scores))}-{fmt(max(scores))} | {fmt(f1(p.mean(axis=0)))} |")
-    out = Path(args.report) / f"shift-sensitivity-{args.variant}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(Path(args.report) / f"shift-sensitivity-{args.variant}.md", lines)
     return 0
 
 
