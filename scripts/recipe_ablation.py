@@ -2,7 +2,7 @@
 
     python scripts/recipe_ablation.py [--variants reports/recipe-ablation/variants.yaml] [--seeds 0,1]
         [--only NAME,NAME] [--data DIR] [--splits runs/pipeline/splits.json] [--runs runs/recipe-ablation]
-        [--report reports/recipe-ablation] [--set KEY=VALUE ...] [--table-only]
+        [--report reports/recipe-ablation] [--set KEY=VALUE ...] [--table-only] [--convergence A:B,...]
 
 Protocol (fixed before running): the test records of ``--splits`` (the standard split, seed 0)
 are kept out of everything; the other records are split 80/20 (stratified, seed 1) into a
@@ -107,6 +107,35 @@ def write_table(rows: list[dict], variants: dict, out: Path) -> None:
     atomic_write(out / "ablation.md", "\n".join(lines) + "\n")
 
 
+CONVERGENCE_LEVEL = 0.70  # a fixed validation macro-F1 both runs of a pair must reach (not a share of each run's own best)
+EPOCH_SPANS = ((1, 5), (6, 15), (16, 30))
+
+
+def val_curve(run: Path) -> list[float]:
+    """Validation macro-F1 per epoch of a finished run (its ``metrics.csv``)."""
+    with open(run / "metrics.csv", newline="") as fh:
+        return [float(r["val_macro_f1"]) for r in csv.DictReader(fh)]
+
+
+def convergence_lines(pairs: list[tuple[str, str]], runs: Path) -> list[str]:
+    """Per seed both variants of a pair finished: mean validation macro-F1 over spans of epochs, and the first epoch at the level."""
+    spans = " | ".join(f"epochs {a}-{b}" for a, b in EPOCH_SPANS)
+    lines = [f"Training speed on validation (selection split), paired by seed: the mean validation macro-F1 over spans of "
+             f"epochs, the first epoch at {CONVERGENCE_LEVEL} or more (a fixed level, so that a run with a lower best does not "
+             "look faster), and the best. Command: `python scripts/recipe_ablation.py --convergence "
+             f"{','.join(f'{a}:{b}' for a, b in pairs)}`.", "",
+             f"| variant | seed | {spans} | first epoch >= {CONVERGENCE_LEVEL} | best |",
+             "|---|---|" + "---|" * len(EPOCH_SPANS) + "---|---|"]
+    for variant, base in pairs:
+        for seed in sorted(set(finished_seeds(variant, runs)) & set(finished_seeds(base, runs))):
+            for name in (variant, base):
+                curve = val_curve(runs / f"{name}-seed{seed}")
+                means = [fmt(statistics.mean(curve[a - 1:b])) if len(curve) >= b else "n/a" for a, b in EPOCH_SPANS]
+                first = next((i + 1 for i, v in enumerate(curve) if v >= CONVERGENCE_LEVEL), None)
+                lines.append(f"| {name} | {seed} | {' | '.join(means)} | {first or 'never'} | {fmt(max(curve))} |")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=str(HERE / "reports" / "recipe-ablation" / "variants.yaml"))
@@ -121,7 +150,18 @@ def main() -> int:
     ap.add_argument("--table-only", action="store_true",
                     help="make the selection split if missing, tabulate the finished runs, train nothing "
                          "(e.g. before and after runs started side by side with --only)")
+    ap.add_argument("--convergence", metavar="A:B,...",
+                    help="write convergence.md comparing variant A with B per seed (e.g. beat-init:full), train nothing")
     args = ap.parse_args()
+    if args.convergence:
+        pairs = [tuple(p.split(":", 1)) for p in args.convergence.split(",")]
+        if any(len(p) != 2 or not all(p) for p in pairs):
+            raise SystemExit(f"--convergence takes A:B pairs of variant names, got {args.convergence!r}")
+        lines = convergence_lines(pairs, Path(args.runs))
+        Path(args.report).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(args.report) / "convergence.md", "\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
     variants = yaml.safe_load(Path(args.variants).read_text())
     names = args.only.split(",") if args.only else list(variants)
     runs, report = Path(args.runs), Path(args.report)

@@ -26,3 +26,27 @@ def test_the_gpu_screening_holds_the_gpu_presets_model():
     gpu = load_config(FinetuneConfig, "gpu", "finetune")
     screened = [load_config(FinetuneConfig, "cpu", "finetune", list(spec["set"])) for p, _, spec in VARIANTS if p == FILES[1]]
     assert any((c.model.name, c.model.width, c.fs) == (gpu.model.name, gpu.model.width, gpu.fs) for c in screened)
+
+
+def _metrics(run: Path, curve: list[float]) -> None:
+    run.mkdir(parents=True)
+    rows = ["round,val_macro_f1"] + [f"{i + 1},{v}" for i, v in enumerate(curve)]
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (run / "results.json").write_text("{}")
+
+
+def test_convergence_pairs_runs_by_seed_and_uses_a_fixed_level(tmp_path):
+    from script_loader import load_script
+
+    ablation = load_script("recipe_ablation")
+    fast = [0.6] * 5 + [0.69] * 10 + [0.72] * 15  # ahead early, reaches 0.70 at epoch 16, best 0.72
+    slow = [0.3] * 5 + [0.71] * 10 + [0.8] * 15  # behind early, reaches 0.70 at epoch 6, best 0.80
+    _metrics(tmp_path / "pre-seed0", fast)
+    _metrics(tmp_path / "base-seed0", slow)
+    _metrics(tmp_path / "pre-seed1", fast)  # no base-seed1: seed 1 is not a pair
+    lines = ablation.convergence_lines([("pre", "base")], tmp_path)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| pre") or line.startswith("| base")}
+    assert sum(line.startswith("| pre ") for line in lines) == 1  # seed 0 only
+    assert rows["pre"] == ["pre", "0", "0.600", "0.690", "0.720", "16", "0.720"]
+    assert rows["base"] == ["base", "0", "0.300", "0.710", "0.800", "6", "0.800"]
+    # a share of each run's own best would call "pre" the faster one (95% of 0.72 at epoch 6); the fixed level does not
