@@ -22,6 +22,7 @@ import numpy as np
 from seed_ensemble import read_val_predictions, write_markdown  # scripts/: shared with the seed ensemble
 
 from ecgtl.constants import CINC_CLASSES
+from ecgtl.evaluate.calibration import biased_scores
 from ecgtl.evaluate.metrics import bootstrap_difference_ci, macro_f1
 from ecgtl.experiments.report import fmt
 
@@ -31,7 +32,7 @@ N_BOOT = 2000  # bootstrap replicates of each paired difference
 
 def geometric_labels(probs: list[np.ndarray]) -> np.ndarray:
     """Decisions of the members' geometric mean: the argmax of their averaged log-probabilities."""
-    return np.mean([np.log(np.clip(p, 1e-12, 1.0)) for p in probs], axis=0).argmax(1)
+    return np.mean([biased_scores(p, None) for p in probs], axis=0).argmax(1)
 
 
 def combination_table(members: dict[str, list[Path]], read: dict, y: np.ndarray) -> list[str]:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
+from seed_ensemble import write_markdown  # scripts/: shared report writer
 from sklearn.model_selection import train_test_split
 
 from ecgtl.config import FinetuneConfig, load_config
@@ -157,10 +158,7 @@ def main() -> int:
         pairs = [tuple(p.split(":", 1)) for p in args.convergence.split(",")]
         if any(len(p) != 2 or not all(p) for p in pairs):
             raise SystemExit(f"--convergence takes A:B pairs of variant names, got {args.convergence!r}")
-        lines = convergence_lines(pairs, Path(args.runs))
-        Path(args.report).mkdir(parents=True, exist_ok=True)
-        atomic_write(Path(args.report) / "convergence.md", "\n".join(lines) + "\n")
-        print("\n".join(lines))
+        write_markdown(Path(args.report) / "convergence.md", convergence_lines(pairs, Path(args.runs)))
         return 0
     variants = yaml.safe_load(Path(args.variants).read_text())
     names = args.only.split(",") if args.only else list(variants)
