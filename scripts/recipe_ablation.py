@@ -125,16 +125,23 @@ def convergence_lines(pairs: list[tuple[str, str]], runs: Path) -> list[str]:
              f"epochs, the first epoch at {CONVERGENCE_LEVEL} or more (a fixed level, so that a run with a lower best does not "
              "look faster), and the best. Command: `python scripts/recipe_ablation.py --convergence "
              f"{','.join(f'{a}:{b}' for a, b in pairs)}`.", "",
-             f"| variant | seed | {spans} | first epoch >= {CONVERGENCE_LEVEL} | best |",
-             "|---|---|" + "---|" * len(EPOCH_SPANS) + "---|---|"]
+             f"| variant | seed | {spans} | first epoch >= {CONVERGENCE_LEVEL} | best | best minus the pair's |",
+             "|---|---|" + "---|" * len(EPOCH_SPANS) + "---|---|---|"]
+    summary = []
     for variant, base in pairs:
+        diffs = []
         for seed in sorted(set(finished_seeds(variant, runs)) & set(finished_seeds(base, runs))):
-            for name in (variant, base):
-                curve = val_curve(runs / f"{name}-seed{seed}")
+            curves = {name: val_curve(runs / f"{name}-seed{seed}") for name in (variant, base)}
+            diffs.append(max(curves[variant]) - max(curves[base]))
+            for name, curve in curves.items():
                 means = [fmt(statistics.mean(curve[a - 1:b])) if len(curve) >= b else "n/a" for a, b in EPOCH_SPANS]
                 first = next((i + 1 for i, v in enumerate(curve) if v >= CONVERGENCE_LEVEL), None)
-                lines.append(f"| {name} | {seed} | {' | '.join(means)} | {first or 'never'} | {fmt(max(curve))} |")
-    return lines
+                diff = fmt(diffs[-1], signed=True) if name == variant else ""
+                lines.append(f"| {name} | {seed} | {' | '.join(means)} | {first or 'never'} | {fmt(max(curve))} | {diff} |")
+        if diffs:
+            summary.append(f"- {variant} minus {base}, best epoch, {len(diffs)} seed pairs: {fmt(statistics.mean(diffs), signed=True)} "
+                           f"on average (higher in {sum(d > 0 for d in diffs)}, lower in {sum(d < 0 for d in diffs)}).")
+    return lines + ([""] + summary if summary else [])
 
 
 def main() -> int:

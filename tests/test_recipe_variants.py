@@ -47,6 +47,7 @@ def test_convergence_pairs_runs_by_seed_and_uses_a_fixed_level(tmp_path):
     lines = ablation.convergence_lines([("pre", "base")], tmp_path)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| pre") or line.startswith("| base")}
     assert sum(line.startswith("| pre ") for line in lines) == 1  # seed 0 only
-    assert rows["pre"] == ["pre", "0", "0.600", "0.690", "0.720", "16", "0.720"]
-    assert rows["base"] == ["base", "0", "0.300", "0.710", "0.800", "6", "0.800"]
+    assert rows["pre"] == ["pre", "0", "0.600", "0.690", "0.720", "16", "0.720", "-0.080"]
+    assert rows["base"] == ["base", "0", "0.300", "0.710", "0.800", "6", "0.800", ""]
+    assert lines[-1] == "- pre minus base, best epoch, 1 seed pairs: -0.080 on average (higher in 0, lower in 1)."
     # a share of each run's own best would call "pre" the faster one (95% of 0.72 at epoch 6); the fixed level does not
