@@ -1,72 +1,90 @@
 #!/usr/bin/env bash
-# Fine-tuning recipe screening on one GPU (about 5 minutes on one H200): the variants of
-# reports/recipe-ablation-gpu/variants.yaml side by side (one process each), on the selection
-# split of scripts/recipe_ablation.py (no test record is read), then the table, and the
-# inference benchmark on the real records.
+# The gpu preset's check on one GPU, in ONE device call (about 5-7 minutes on one H200): every run of
+# JOBS side by side (one process each) on the selection split of scripts/recipe_ablation.py (no test
+# record is read for training or choosing), then the validation table, then the 5-seed ensemble of
+# the variant ENSEMBLE and its ONE look at the standard test split (scripts/seed_ensemble.py).
 #
-#   bash benchmarks/gpu_finetune.sh OUT_DIR [CARRY_DIR] [SEEDS] [EPOCHS]    # SMOKE=1: 1 epoch, 2 variants at width 0.25, CPU
-#   ENSEMBLE=auto bash benchmarks/gpu_finetune.sh ...   # then 5 seeds of the best variant, ensembled, test scored once
-#   BENCH=0: skip the inference benchmark (already measured: reports/bench_inference_cuda_cinc.json)
+#   bash benchmarks/gpu_finetune.sh OUT_DIR [CARRY_DIR] [EPOCHS]    # SMOKE=1: 1 epoch at width 0.25, 3 runs, on CPU
 #
-# Through the device tool (at most 600 s per command, about 15 device-minutes a session) this takes
-# two calls on the same warm machine, since the runs stay in RUNS_DIR (/tmp) between them and a
-# finished run is skipped: (1) `BENCH=0 bash benchmarks/gpu_finetune.sh $OUT/screen` -- 6 runs side
-# by side, each cut at LIMIT (420 s); the issue measured one full-width 250 Hz run alone at 94 s on
-# an H200, and the stride-4 and 125 Hz runs do about half its work past the stem; (2) `BENCH=0
-# ENSEMBLE=auto bash benchmarks/gpu_finetune.sh $OUT/ens` -- seeds 1-4 of the best variant (seed 0
-# is its screening run), the ensemble and the one test look. Untested on a GPU so far.
+# Plan, fixed before the call (session 10): JOBS = the gpu preset (variant w1-stem4 of
+# reports/recipe-ablation-gpu/variants.yaml: src/ecgtl/configs/finetune-gpu.yaml) with seeds 0-4, and
+# seed 0 of two screening variants (w1-stem4-reg, w1-stem4-lr) for the validation table only;
+# ENSEMBLE = w1-stem4, whatever the screening says (a screening variant that beats it on validation
+# earns its own seeds in a later call, not this call's test look). One call, not two: the device
+# tool gives a machine back 30 s after a call, so runs left in /tmp for a second call are fragile.
 #
-# CARRY_DIR (default gpucarry/) holds whl/ (the wfdb wheel, as for gpu_session.sh), cinc/ (CinC 2017
-# packed by ../shared/tools/cinc_pack.py), cinc_pack.py itself, and selection-splits.json (the
-# split file that scripts/recipe_ablation.py made here, so both machines use the same records).
+# Time limits (the device tool allows 600 s per command): each training run LIMIT s (380), the
+# ensemble and test scoring SCORE_LIMIT s (120). Every 20 s the epochs done per run and the GPU's
+# use go to monitor.txt, so a run cut at its limit still says how far it got. What comes back (the
+# tool returns at most 8 files): results.tgz (the table, the ensemble's report files, every run's
+# metrics.csv / results.json / config.yaml, partial ones too), logs.txt, monitor.txt, machine.txt.
+#
+# CARRY_DIR (default gpucarry/, git-ignored) holds whl/ (the wfdb wheel, as for gpu_session.sh), cinc/
+# (CinC 2017 packed by ../shared/tools/cinc_pack.py), cinc_pack.py itself, and selection-splits.json
+# (the split file that scripts/recipe_ablation.py made here, so both machines use the same records).
 set -u
-OUT=${1:?usage: gpu_finetune.sh OUT_DIR [CARRY_DIR] [SEEDS] [EPOCHS]}
+OUT=${1:?usage: gpu_finetune.sh OUT_DIR [CARRY_DIR] [EPOCHS]}
 CARRY=${2:-gpucarry}
-SEEDS=${3:-0}
-EPOCHS=${4:-30}
+EPOCHS=${3:-30}
+T0=$(date +%s)
 source "$(dirname "$0")/gpu_env.sh"
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; $PY -c "import torch; print('torch', torch.__version__)"; nproc) > "$OUT/machine.txt" 2>&1
 DATA=${CINC_DIR:-/tmp/ecgtl-cinc}
-if [ ! -f "$DATA/REFERENCE-v3.csv" ]; then
+if [ ! -f "$DATA/REFERENCE-v3.csv" ] && [ -z "$(find "$DATA" -name REFERENCE-v3.csv 2>/dev/null | head -1)" ]; then
     $PY "$CARRY/cinc_pack.py" unpack "$CARRY/cinc" "$DATA" || exit 1
 fi
 REC=$(dirname "$(find "$DATA" -name RECORDS | head -1)")
 RUNS=${RUNS_DIR:-/tmp/ecgtl-ra}
-mkdir -p "$RUNS"
+mkdir -p "$RUNS" "$OUT/work"
 cp "$CARRY/selection-splits.json" "$RUNS/"
 VARIANTS=reports/recipe-ablation-gpu/variants.yaml
-NAMES=$($PY -c "import yaml; print(' '.join(yaml.safe_load(open('$VARIANTS'))))")
+JOBS=${JOBS:-"w1-stem4:0 w1-stem4:1 w1-stem4:2 w1-stem4:3 w1-stem4:4 w1-stem4-reg:0 w1-stem4-lr:0"}
+ENSEMBLE=${ENSEMBLE-w1-stem4}
 EXTRA="--set epochs=$EPOCHS"
-if [ "${SMOKE:-0}" = 1 ]; then NAMES="w1-stem4 w1-125hz"; EXTRA="--set epochs=1 --set model.width=0.25"; fi
-echo "variants: $NAMES; seeds $SEEDS; records in $REC"
-for name in $NAMES; do
-    ( timeout ${LIMIT:-420} $PY scripts/recipe_ablation.py --variants $VARIANTS --only "$name" --seeds "$SEEDS" \
-        --data "$REC" --runs "$RUNS" --report "$OUT/table" $EXTRA > "$OUT/log-$name.txt" 2>&1 ) &
-done
-wait
-$PY scripts/recipe_ablation.py --variants $VARIANTS --seeds "$SEEDS" --data "$REC" --runs "$RUNS" --report "$OUT/table" $EXTRA --table-only
-# ENSEMBLE=auto (or a variant name): 5 seeds of the variant with the best validation macro-F1 in the
-# table just made, side by side, then scripts/seed_ensemble.py: the ensemble's validation table, its
-# ensemble.json (biases if cross-fitting says so) and ONE scoring of the standard test split.
-if [ -n "${ENSEMBLE:-}" ]; then
-    BEST=$ENSEMBLE
-    if [ "$BEST" = auto ]; then
-        BEST=$($PY -c "import csv,statistics as s,collections as c; d=c.defaultdict(list)
-for r in csv.DictReader(open('$OUT/table/ablation.csv')): d[r['variant']].append(float(r['val_macro_f1']))
-print(max(d, key=lambda k: s.mean(d[k])))")
-    fi
-    echo "ensemble of variant $BEST (seeds 0-4)"
-    for seed in 0 1 2 3 4; do
-        ( timeout ${LIMIT:-420} $PY scripts/recipe_ablation.py --variants $VARIANTS --only "$BEST" --seeds $seed \
-            --data "$REC" --runs "$RUNS" --report "$OUT/table-seed$seed" $EXTRA > "$OUT/log-ens-$seed.txt" 2>&1 ) &
+if [ "${SMOKE:-0}" = 1 ]; then
+    EXTRA="--set epochs=1 --set model.width=0.25"
+    JOBS=${SMOKE_JOBS:-"w1-stem4:0 w1-stem4:1 w1-stem4-reg:0"}
+fi
+echo "jobs: $JOBS; ensemble: ${ENSEMBLE:-none}; records in $REC; set-up $(( $(date +%s) - T0 )) s"
+
+monitor() {  # epochs done per run (rows of metrics.csv) and the GPU's use, every 20 s
+    while true; do
+        line="t=$(( $(date +%s) - T0 ))s"
+        for d in "$RUNS"/*-seed*/; do
+            [ -d "$d" ] || continue
+            n=$(( $(cat "$d/metrics.csv" 2>/dev/null | wc -l) - 1 )); [ $n -lt 0 ] && n=0
+            line="$line $(basename "$d")=$n"
+        done
+        gpu=$(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null | tr -d ' ')
+        echo "$line gpu=${gpu:-none}" >> "$OUT/monitor.txt"
+        sleep 20
     done
-    wait
-    timeout 240 $PY scripts/seed_ensemble.py --runs "$RUNS" --variant "$BEST" --data "$REC" --report "$OUT/ensemble" \
-        --score-test --first-look 2>&1 | tail -30
+}
+monitor & MON=$!
+
+for job in $JOBS; do
+    name=${job%%:*}; seed=${job##*:}
+    ( OMP_NUM_THREADS=2 timeout ${LIMIT:-380} $PY scripts/recipe_ablation.py --variants $VARIANTS --only "$name" --seeds "$seed" \
+        --data "$REC" --runs "$RUNS" --report "$OUT/work/table-$name-$seed" $EXTRA > "$OUT/work/log-$name-$seed.txt" 2>&1;
+      echo "$name seed $seed: exit $? at t=$(( $(date +%s) - T0 )) s" >> "$OUT/work/exits.txt" ) &
+done
+wait $(jobs -p | grep -v "^$MON$")
+cat "$OUT/work/exits.txt"
+$PY scripts/recipe_ablation.py --variants $VARIANTS --seeds 0,1,2,3,4 --data "$REC" --runs "$RUNS" --report "$OUT/work/table" \
+    $EXTRA --table-only
+
+if [ -n "$ENSEMBLE" ]; then
+    SEEDS=0,1,2,3,4; [ "${SMOKE:-0}" = 1 ] && SEEDS=0,1
+    echo "ensemble of variant $ENSEMBLE (seeds $SEEDS), then its one look at the test split; t=$(( $(date +%s) - T0 )) s"
+    timeout ${SCORE_LIMIT:-120} $PY scripts/seed_ensemble.py --runs "$RUNS" --variant "$ENSEMBLE" --seeds $SEEDS --data "$REC" \
+        --report "$OUT/work/ensemble" --score-test --first-look 2>&1 | tail -30
 fi
-# every run's metrics (partial ones too), results and config, in one file
-(cd "$RUNS" && tar czf "$OUT/runs.tgz" */metrics.csv */results.json */config.yaml 2>/dev/null)
-cat "$OUT"/log-*.txt | tail -40 > "$OUT/logs.txt"; rm -f "$OUT"/log-*.txt
-if [ "${BENCH:-1}" = 1 ] && [ -f benchmarks/bench_inference.py ]; then
-    timeout 120 $PY benchmarks/bench_inference.py --device ${DEVICE:-cuda} --data "$REC" --out "$OUT/bench_inference_cinc.json" 2>&1 | tail -15
-fi
-ls -la "$OUT" "$OUT/table"
+kill $MON 2>/dev/null
+# one archive: the tables, the ensemble's report files and every run's metrics, results and config
+(cd "$RUNS" && cp -r "$OUT/work/table" "$OUT/work/ensemble" . 2>/dev/null; \
+ tar czf "$OUT/results.tgz" table ensemble ensemble-*/ensemble.json */metrics.csv */results.json */config.yaml 2>/dev/null)
+for f in "$OUT"/work/log-*.txt; do echo "== $f"; tail -15 "$f"; done > "$OUT/logs.txt"
+cat "$OUT/work/exits.txt" >> "$OUT/logs.txt"
+rm -rf "$OUT/work"
+echo "done at t=$(( $(date +%s) - T0 )) s"
+ls -la "$OUT"
