@@ -37,7 +37,7 @@ REC=$(dirname "$(find "$DATA" -name RECORDS | head -1)")
 RUNS=${RUNS_DIR:-/tmp/ecgtl-ra}
 mkdir -p "$RUNS" "$OUT/work"
 cp "$CARRY/selection-splits.json" "$RUNS/"
-VARIANTS=reports/recipe-ablation-gpu/variants.yaml
+VARIANTS=${VARIANTS:-reports/recipe-ablation-gpu/variants.yaml}
 JOBS=${JOBS:-"w1-stem4:0 w1-stem4:1 w1-stem4:2 w1-stem4:3 w1-stem4:4 w1-stem4-reg:0 w1-stem4-lr:0"}
 ENSEMBLE=${ENSEMBLE-w1-stem4}
 EXTRA="--set epochs=$EPOCHS"
