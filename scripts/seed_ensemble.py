@@ -97,26 +97,27 @@ def names_digest(names) -> str:
     return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
 
 
-def check_test_look(out: Path, variant: str, doc: dict, first_look: bool = False) -> Path:
+def check_test_look(out: Path, variant: str, doc: dict, first_look: bool = False, baseline: str = BASELINE) -> Path:
     """The score file for ``variant``'s test look, or SystemExit when the look is not allowed (see the module doc).
 
     ``first_look``: a report folder of a new preset (e.g. the GPU screening), where nothing was scored
-    yet; otherwise the folder must hold the scored baseline, and ``variant`` must beat it on the same
-    validation records by ``MIN_VAL_GAIN``.
+    yet; otherwise the folder must hold the scored ``baseline`` (``full`` in reports/recipe-ablation;
+    the model of a folder's first look elsewhere, e.g. ``w1-stem4`` in reports/recipe-ablation-gpu), and
+    ``variant`` must beat it on the same validation records by ``MIN_VAL_GAIN``.
     """
     target = report_file(out, "test-score", variant, ".json")
     done = scored_file(out, variant)
     if done is not None:
         raise SystemExit(f"{done}: this model's test split was scored already; it is scored once")
-    scored = report_file(out, "test-score", BASELINE, ".json")
+    scored = report_file(out, "test-score", baseline, ".json")
     if first_look:
         if scored.is_file() or any(out.glob("test-score-*.json")):
             raise SystemExit(f"{out}: a model was scored on the test split here already, so this is not a first look")
         return target
     if not scored.is_file():
         raise SystemExit(f"{scored}: no scored baseline in {out} to compare {variant} with; the first look at the test "
-                         "split in a new report folder needs --first-look")
-    base_file = report_file(out, "ensemble", BASELINE, "-validation.json")
+                         "split in a new report folder needs --first-look (or name its scored model with --baseline)")
+    base_file = report_file(out, "ensemble", baseline, "-validation.json")
     if not base_file.is_file():
         raise SystemExit(f"{base_file}: missing, so {variant} cannot be compared with the scored baseline")
     base = json.loads(base_file.read_text())
@@ -241,6 +242,9 @@ def main() -> int:
     ap.add_argument("--score-test", action="store_true", help="score the ensemble on the standard test split (do it once)")
     ap.add_argument("--first-look", action="store_true",
                     help="with --score-test: the first test look in a report folder of a new preset (no scored baseline)")
+    ap.add_argument("--baseline", default=BASELINE,
+                    help="with --score-test: the scored model of --report that a further variant must beat on validation "
+                         "(default full; w1-stem4 in reports/recipe-ablation-gpu)")
     ap.add_argument("--test-time-shifts", metavar="K,K,...",
                     help="test-time shifts kept in the ensemble file (ecgtl ensemble --test-time-shifts); the ensemble "
                          "folder and report files then carry the suffix -tta")
@@ -269,7 +273,7 @@ def main() -> int:
                             | {"ensemble_file": str(ensemble / "ensemble.json")}, indent=1) + "\n")
     print(f"model {name}: ensemble validation macro-F1 {validation_score(doc):.4f}")
     if args.score_test:
-        target = check_test_look(out, name, doc, first_look=args.first_look)
+        target = check_test_look(out, name, doc, first_look=args.first_look, baseline=args.baseline)
         score_test(ensemble, runs, Path(args.data), standard_splits(Path(args.data), runs_dir), out, name=target.name)
     return 0
 

@@ -22,10 +22,18 @@ def test_every_variant_is_a_valid_config_of_a_registered_model(path, name, spec)
     assert is_model(cfg.model.name), f"{path}: {name}: unknown model {cfg.model.name}"
 
 
-def test_the_gpu_screening_holds_the_gpu_presets_model():
+def _recipe(c: FinetuneConfig) -> tuple:
+    return (c.model.name, c.model.width, c.model.drop_rate, c.fs, c.crop_seconds, c.optim.lr, c.optim.weight_decay, c.batch_size,
+            c.epochs, c.class_weights, c.sampling)
+
+
+def test_the_gpu_preset_is_the_screened_variant_it_was_chosen_from():
+    """The gpu preset is w1-stem4-lr of the GPU screening (chosen on validation, session 10), setting for setting."""
     gpu = load_config(FinetuneConfig, "gpu", "finetune")
-    screened = [load_config(FinetuneConfig, "cpu", "finetune", list(spec["set"])) for p, _, spec in VARIANTS if p == FILES[1]]
-    assert any((c.model.name, c.model.width, c.fs) == (gpu.model.name, gpu.model.width, gpu.fs) for c in screened)
+    spec = yaml.safe_load(FILES[1].read_text())["w1-stem4-lr"]
+    assert _recipe(load_config(FinetuneConfig, "cpu", "finetune", list(spec["set"]))) == _recipe(gpu)
+    assert (gpu.optim.lr, gpu.batch_size) != (load_config(FinetuneConfig, "cpu", "finetune").optim.lr,
+                                              load_config(FinetuneConfig, "cpu", "finetune").batch_size)
 
 
 def _metrics(run: Path, curve: list[float]) -> None:

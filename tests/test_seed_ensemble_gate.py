@@ -127,3 +127,25 @@ def test_a_mixed_ensemble_takes_the_seeds_of_each_variant_in_order(seed_ensemble
         assert seed_ensemble.scored_file(tmp_path, same) == target
     assert seed_ensemble.scored_file(tmp_path, "fs-100+full-tta") is None  # with test-time shifts: another model
     assert seed_ensemble.scored_file(tmp_path, "full") == tmp_path / "test-score.json"
+
+
+GPU_REPORT = Path(__file__).resolve().parents[1] / "reports" / "recipe-ablation-gpu"
+
+
+def test_the_gpu_folders_second_look_passed_its_gate(seed_ensemble, tmp_path):
+    """The committed GPU files: w1-stem4-lr's test look (session 10) met the rule against the scored w1-stem4 ensemble."""
+    for name in ("test-score-w1-stem4.json", "ensemble-w1-stem4-validation.json"):
+        (tmp_path / name).write_bytes((GPU_REPORT / name).read_bytes())
+    doc = json.loads((GPU_REPORT / "ensemble-w1-stem4-lr-validation.json").read_text())
+    assert seed_ensemble.check_test_look(tmp_path, "w1-stem4-lr", doc, baseline="w1-stem4") == \
+        tmp_path / "test-score-w1-stem4-lr.json"
+    with pytest.raises(SystemExit, match="no scored baseline"):  # the default baseline (full) is not in that folder
+        seed_ensemble.check_test_look(tmp_path, "w1-stem4-lr", doc)
+    short = json.loads(json.dumps(doc))
+    short["validation"]["macro_f1"] = seed_ensemble.validation_score(
+        json.loads((GPU_REPORT / "ensemble-w1-stem4-validation.json").read_text())) + 0.009
+    with pytest.raises(SystemExit, match="not at least"):
+        seed_ensemble.check_test_look(tmp_path, "w1-stem4-lr", short, baseline="w1-stem4")
+    # and it was scored once: the committed folder refuses another look
+    with pytest.raises(SystemExit, match="scored already"):
+        seed_ensemble.check_test_look(GPU_REPORT, "w1-stem4-lr", doc, baseline="w1-stem4")
