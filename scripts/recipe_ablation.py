@@ -57,6 +57,24 @@ def selection_splits(base_splits: Path, data: Path, out: Path) -> Path:
     return path
 
 
+def subset_splits(selection: Path, k: int, data: Path, out: Path) -> list[Path]:
+    """``k`` split files (made once) for a k-fold-subset ensemble: member i trains on the selection training records
+    minus their stratified fold i (seed 1) and is validated on the selection validation records, as every other run."""
+    from sklearn.model_selection import StratifiedKFold
+
+    sel, labels = load_splits(selection), read_labels(find_label_file(data))
+    train = sorted(sel["train"])
+    paths = []
+    folds = StratifiedKFold(k, shuffle=True, random_state=1).split(train, [labels[n] for n in train])
+    for i, (keep, _) in enumerate(folds):
+        path = out / f"selection-kfold{k}-{i}.json"
+        if not path.is_file():
+            save_splits(path, {"train": [train[j] for j in keep], "val": sel["val"], "test": []}, seed=1, folds=k, fold=i,
+                        note=f"the selection split's training records minus their stratified fold {i} of {k}; its validation records")
+        paths.append(path)
+    return paths
+
+
 def run_variant(name: str, overrides: list[str], seed: int, data: Path, splits: Path, runs: Path) -> dict:
     out = runs / f"{name}-seed{seed}"
     done = out / "results.json"
@@ -158,6 +176,8 @@ def main() -> int:
     ap.add_argument("--table-only", action="store_true",
                     help="make the selection split if missing, tabulate the finished runs, train nothing "
                          "(e.g. before and after runs started side by side with --only)")
+    ap.add_argument("--make-subsets", type=int, metavar="K",
+                    help="write the K split files of a k-fold-subset ensemble (selection-kfoldK-I.json in --runs), train nothing")
     ap.add_argument("--convergence", metavar="A:B,...",
                     help="write convergence.md comparing variant A with B per seed (e.g. beat-init:full), train nothing")
     args = ap.parse_args()
@@ -172,6 +192,10 @@ def main() -> int:
     runs, report = Path(args.runs), Path(args.report)
     splits = selection_splits(Path(args.splits), Path(args.data), runs)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.make_subsets:
+        for path in subset_splits(splits, args.make_subsets, Path(args.data), runs):
+            print(path)
+        return 0
     if args.table_only:
         names = []
         rows = finished_rows(variants, args.set, Path(args.data), splits, runs)
