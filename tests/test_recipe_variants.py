@@ -59,3 +59,32 @@ def test_convergence_pairs_runs_by_seed_and_uses_a_fixed_level(tmp_path):
     assert rows["base"] == ["base", "0", "0.300", "0.710", "0.800", "6", "0.800", ""]
     assert lines[-1] == "- pre minus base, best epoch, 1 seed pairs: -0.080 on average (higher in 0, lower in 1)."
     # a share of each run's own best would call "pre" the faster one (95% of 0.72 at epoch 6); the fixed level does not
+
+
+def test_subset_splits_leave_out_each_stratified_fold_once_and_keep_the_validation_records(tmp_path):
+    from script_loader import load_script
+
+    from ecgtl.data.splits import load_splits, save_splits
+
+    ablation = load_script("recipe_ablation")
+    classes = ["N"] * 60 + ["A"] * 20 + ["O"] * 15 + ["~"] * 5
+    names = [f"A{i:05d}" for i in range(len(classes))]
+    (tmp_path / "REFERENCE.csv").write_text("".join(f"{n},{c}\n" for n, c in zip(names, classes)))
+    labels = dict(zip(names, classes))
+    val = names[::10]
+    train = [n for n in names if n not in val]
+    selection = save_splits(tmp_path / "selection-splits.json", {"train": train, "val": val, "test": []})
+    paths = ablation.subset_splits(selection, 5, tmp_path, tmp_path)
+    assert [p.name for p in paths] == [f"selection-kfold5-{i}.json" for i in range(5)]
+    left_out = []
+    for p in paths:
+        s = load_splits(p)
+        assert s["val"] == sorted(val) and set(s["train"]) < set(train) and not s["test"]
+        out = sorted(set(train) - set(s["train"]))
+        assert len(out) == len(train) // 5
+        assert sum(labels[n] == "A" for n in out) in (3, 4)  # stratified: 18 AF training records over 5 folds
+        left_out += out
+    assert sorted(left_out) == sorted(train)  # every training record is left out exactly once
+    first = paths[0].read_bytes()
+    ablation.subset_splits(selection, 5, tmp_path, tmp_path)  # made once: an existing file is kept as it is
+    assert paths[0].read_bytes() == first
