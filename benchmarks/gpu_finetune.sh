@@ -89,7 +89,7 @@ train() {  # train "variant:seed ..." side by side, each cut at LIMIT s (less if
         $EXTRA --table-only
 }
 train "$JOBS"
-cat "$OUT/work/exits.txt"
+cat "$OUT/work/exits.txt" 2>/dev/null
 
 if [ "$ENSEMBLE" = auto ]; then  # the best mean validation macro-F1 among the variants of JOBS
     ENSEMBLE=$($PY -c "import csv, statistics as s, collections as c, sys; names = {j.split(':')[0] for j in sys.argv[1].split()}
@@ -102,14 +102,18 @@ if [ -n "$ENSEMBLE" ]; then
     echo "ensemble of variant $ENSEMBLE (seeds $ENS_SEEDS); t=$(( $(date +%s) - T0 )) s"
     train "$(for s in $ENS_SEEDS; do printf '%s:%s ' "$ENSEMBLE" "$s"; done)"
     mkdir -p "$OUT/work/ensemble"
-    LOOK=--first-look
+    LOOK="--score-test --first-look"
     if [ -n "$BASELINE_MODEL" ]; then  # the scored preset ensemble's files: a further look needs the gate
-        cp reports/recipe-ablation-gpu/test-score-$BASELINE_MODEL.json reports/recipe-ablation-gpu/ensemble-$BASELINE_MODEL-validation.json \
-            "$OUT/work/ensemble/" && LOOK="--baseline $BASELINE_MODEL"
+        if cp reports/recipe-ablation-gpu/test-score-$BASELINE_MODEL.json reports/recipe-ablation-gpu/ensemble-$BASELINE_MODEL-validation.json \
+            "$OUT/work/ensemble/"; then
+            LOOK="--score-test --baseline $BASELINE_MODEL"
+        else  # never a first look in place of the gate: validation only
+            echo "baseline $BASELINE_MODEL's scored files are missing: the ensemble is scored on validation only"; LOOK=""
+        fi
     fi
-    echo "then its test look ($LOOK); t=$(( $(date +%s) - T0 )) s"
+    echo "then its test look (${LOOK:-none}); t=$(( $(date +%s) - T0 )) s"
     timeout ${SCORE_LIMIT:-120} $PY scripts/seed_ensemble.py --runs "$RUNS" --variant "$ENSEMBLE" --seeds "$(echo $ENS_SEEDS | tr ' ' ,)" \
-        --data "$REC" --report "$OUT/work/ensemble" --score-test $LOOK 2>&1 | tail -30
+        --data "$REC" --report "$OUT/work/ensemble" $LOOK 2>&1 | tail -30
 fi
 kill $MON 2>/dev/null
 # one archive: the tables, the ensemble's report files and every run's metrics, results and config
