@@ -62,9 +62,8 @@ def test_convergence_pairs_runs_by_seed_and_uses_a_fixed_level(tmp_path):
 
 
 def test_subset_splits_leave_out_each_stratified_fold_once_and_keep_the_validation_records(tmp_path):
-    from script_loader import load_script
-
     from ecgtl.data.splits import load_splits, save_splits
+    from script_loader import load_script
 
     ablation = load_script("recipe_ablation")
     classes = ["N"] * 60 + ["A"] * 20 + ["O"] * 15 + ["~"] * 5
