@@ -31,7 +31,7 @@ from sklearn.model_selection import train_test_split
 
 from ecgtl.config import FinetuneConfig, load_config
 from ecgtl.data.cinc2017 import find_label_file, read_labels
-from ecgtl.data.splits import load_splits, make_splits, save_splits
+from ecgtl.data.splits import kfold_splits, load_splits, make_splits, save_splits
 from ecgtl.experiments.report import fmt
 from ecgtl.fileio import atomic_write
 from ecgtl.train.finetune import run_finetune
@@ -59,17 +59,15 @@ def selection_splits(base_splits: Path, data: Path, out: Path) -> Path:
 
 def subset_splits(selection: Path, k: int, data: Path, out: Path) -> list[Path]:
     """``k`` split files (made once) for a k-fold-subset ensemble: member i trains on the selection training records
-    minus their stratified fold i (seed 1) and is validated on the selection validation records, as every other run."""
-    from sklearn.model_selection import StratifiedKFold
-
+    minus their stratified fold i (:func:`kfold_splits`, seed 1) and is validated on the selection validation records,
+    as every other run."""
     sel, labels = load_splits(selection), read_labels(find_label_file(data))
     train = sorted(sel["train"])
     paths = []
-    folds = StratifiedKFold(k, shuffle=True, random_state=1).split(train, [labels[n] for n in train])
-    for i, (keep, _) in enumerate(folds):
+    for i, fold in enumerate(kfold_splits(train, [labels[n] for n in train], k=k, val_fraction=0.0, seed=1)):
         path = out / f"selection-kfold{k}-{i}.json"
         if not path.is_file():
-            save_splits(path, {"train": [train[j] for j in keep], "val": sel["val"], "test": []}, seed=1, folds=k, fold=i,
+            save_splits(path, {"train": fold["train"], "val": sel["val"], "test": []}, seed=1, folds=k, fold=i,
                         note=f"the selection split's training records minus their stratified fold {i} of {k}; its validation records")
         paths.append(path)
     return paths
