@@ -158,8 +158,36 @@ def test_2d_models_refuse_masked_pooling(name):
     x = torch.randn(2, 1, 64, 64) if "stft" not in name else torch.randn(2, 1, 1024)
     with pytest.raises(ValueError, match="1-D models"):
         model(x, torch.tensor([[0, 10], [0, 10]]))
-    with pytest.raises(ConfigError, match="pooling must be one of mean, masked"):
-        create_model("resnet18_preact", pooling="max")
+    with pytest.raises(ConfigError, match="pooling must be one of mean, masked, max"):
+        create_model("resnet18_preact", pooling="attention")
+
+
+@pytest.mark.parametrize("name", ["resnet18_preact", "resnet18_preact_stem4", "resnet18_preact_2d_stft"])
+def test_max_pooling_takes_each_features_largest_step(name):
+    """``pooling: max``: the head sees each feature's maximum over the last feature map (time, and frequency in
+    2-D), so a burst in one part of a long input is not averaged away; the same parameters as mean pooling."""
+    mean_model, max_model = _model(name), _model(name, pooling="max")
+    assert max_model.pooling == "max"
+    max_model.load_state_dict(mean_model.state_dict())
+    x = torch.randn(3, 1, 2048)
+    with torch.no_grad():
+        maps = max_model.forward_feature_maps(x).flatten(2)
+        pooled = max_model.forward_features(x)
+        torch.testing.assert_close(pooled, maps.max(dim=-1).values)
+        torch.testing.assert_close(mean_model.forward_features(x), maps.mean(dim=-1))
+        assert not torch.allclose(pooled, maps.mean(dim=-1))
+        torch.testing.assert_close(max_model(x), max_model.head(pooled))
+    with pytest.raises(ValueError, match="masked pooling"):
+        max_model(x, torch.tensor([[0, 2048]] * 3))
+
+
+def test_max_pooling_trains_and_its_card_round_trips(tmp_path):
+    model = create_model("resnet18_preact", num_classes=4, width=WIDTH, pooling="max").train()
+    model(torch.randn(4, 1, 512)).logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    folder = _card(tmp_path / "max", "max")
+    assert read_card(folder / "model.json")["pooling"] == "max"
+    assert model_from_card(folder / "model.json")[0].pooling == "max" and Classifier(folder, device="cpu").pooling == "max"
 
 
 def test_masked_mean_is_a_weighted_mean():
@@ -240,7 +268,7 @@ def test_card_round_trip_keeps_the_pooling_and_old_cards_mean(tmp_path):
     backbone, _ = model_from_card(masked / "model.json", num_classes=4, reset_head=True)
     assert backbone.head.out_features == 4
     with pytest.raises(ValueError, match="pooling must be one of"):
-        _card(tmp_path / "bad", "max")
+        _card(tmp_path / "bad", "attention")
     stft = tmp_path / "stft"  # a hand-made card claiming masked pooling for a 2-D model: refused on reading
     stft.mkdir()
     save_weights(create_model("resnet18_preact_2d_stft", num_classes=4, width=WIDTH).state_dict(), stft / "best.safetensors")
@@ -388,12 +416,13 @@ def test_a_stride4_stem_card_loads_classifies_and_exports_with_its_stride(tmp_pa
 
 
 # ----------------------------------------------------------------------------- config and fine-tuning
-def test_config_pooling_is_mean_or_masked_and_masked_needs_a_1d_model(tmp_path):
+def test_config_pooling_is_mean_masked_or_max_and_masked_needs_a_1d_model(tmp_path):
     assert load_config(FinetuneConfig, "cpu", "finetune", []).pooling == "mean"  # the presets as they were
     assert load_config(FinetuneConfig, "paper", "finetune", []).pooling == "mean"
     assert load_config(FinetuneConfig, "cpu", "finetune", ["pooling=masked"]).pooling == "masked"
-    with pytest.raises(ConfigError, match="pooling must be one of mean, masked"):
-        load_config(FinetuneConfig, "cpu", "finetune", ["pooling=max"])
+    assert load_config(FinetuneConfig, "cpu", "finetune", ["pooling=max", "model.name=resnet18v2_2d_stft"]).pooling == "max"
+    with pytest.raises(ConfigError, match="pooling must be one of mean, masked, max"):
+        load_config(FinetuneConfig, "cpu", "finetune", ["pooling=sum"])
     for name in ("resnet18_preact_2d", "resnet18v2_2d_stft", "resnet18_2d"):
         with pytest.raises(ConfigError, match="pooling=masked applies to 1-D models"):
             load_config(FinetuneConfig, "cpu", "finetune", ["pooling=masked", f"model.name={name}"])

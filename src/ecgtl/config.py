@@ -115,7 +115,8 @@ class FinetuneConfig:
     paper_samples: int = 16_384  # input length of input="paper"
     normalization: str = "train"  # "train": mean/std of the training records; "paper": (x - 0.0075) / 0.2373
     # global pooling of the last feature map: "mean" over every step, zero padding included (the study);
-    # "masked": only the steps over real signal (short records' padding left out; 1-D models only)
+    # "masked": only the steps over real signal (short records' padding left out; 1-D models only);
+    # "max": each feature's largest value over every step
     pooling: str = "mean"
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -148,7 +149,7 @@ class FinetuneConfig:
         _choice("input", self.input, ("crop", "paper"))
         _choice("normalization", self.normalization, ("train", "paper"))
         _sections(self, ModelConfig, OptimConfig)
-        _choice("pooling", self.pooling, ("mean", "masked"))
+        _choice("pooling", self.pooling, ("mean", "masked", "max"))
         if self.pooling == "masked" and _is_2d_model(self.model.name):
             raise ConfigError(f"pooling=masked applies to 1-D models over raw ECG samples; model.name={self.model.name} is a "
                               "2-D (spectrogram) model, whose pooling also runs over frequency: use pooling=mean")

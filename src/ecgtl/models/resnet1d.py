@@ -17,7 +17,9 @@ Layout (``w`` = width multiplier, channels ``max(8, round(c * w))``, see :func:`
 
 Global pooling (``pooling``): ``"mean"`` averages every time step of the last feature map, the
 zero padding of a short input included; ``"masked"`` averages only the steps over real signal,
-given per input as the sample range ``valid = (start, end)`` (see :func:`valid_feature_steps`).
+given per input as the sample range ``valid = (start, end)`` (see :func:`valid_feature_steps`);
+``"max"`` takes each feature's largest value over every step (a short noise burst or a run of
+irregular beats is not averaged away by the rest of a long record).
 
 Blocks: basic (two k-convs) 2-2-2-2 for ResNet-18, 3-4-6-3 for ResNet-34; bottleneck
 (1x1, k-conv with the stride, 1x1 with expansion 4) 3-4-6-3 for ResNet-50. Padding ``k // 2``
@@ -78,8 +80,9 @@ STEM_CHANNELS = 64
 PAPER_KERNEL_SIZES = (7, 5, 5, 3)
 MIN_CHANNELS = 8
 
-#: Global pooling modes: ``mean`` over every step of the last feature map, ``masked`` over those on real signal.
-POOLINGS = ("mean", "masked")
+#: Global pooling modes: ``mean`` over every step of the last feature map, ``masked`` over those on real
+#: signal, ``max`` the largest value of each feature over every step.
+POOLINGS = ("mean", "masked", "max")
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
@@ -309,7 +312,7 @@ class ResNet(nn.Module):
         stem_kernel_size: kernel of the stem conv.
         stem_stride: stride of the stem conv: 2 (the study), or 4 for a total stride of 64, e.g.
             at 250 Hz the receptive field in seconds of the stride-2 model at 125 Hz.
-        pooling: ``"mean"`` or ``"masked"`` (1-D only), see :meth:`set_pooling`.
+        pooling: ``"mean"``, ``"masked"`` (1-D only) or ``"max"``, see :meth:`set_pooling`.
 
     Attributes:
         num_features: length of the pooled feature vector (``scale_channels(512, width)``,
@@ -317,7 +320,7 @@ class ResNet(nn.Module):
         num_classes: current number of head outputs (0 for a backbone).
         feature_stride: input samples per time step of the last feature map (32 for four stages
             and a stride-2 stem, 64 with ``stem_stride=4``).
-        pooling: the global pooling the model was trained with (``"mean"`` or ``"masked"``);
+        pooling: the global pooling the model was trained with (``"mean"``, ``"masked"`` or ``"max"``);
             callers give ``valid`` to :meth:`forward` when it is ``"masked"``. Not a parameter:
             the state dict is the same either way (model cards record it).
 
@@ -414,8 +417,9 @@ class ResNet(nn.Module):
         return self.spatial_dims == 1 and self.input_transform is None
 
     def set_pooling(self, pooling: str) -> "ResNet":
-        """Record the global pooling of the model: ``"mean"`` (every step, padding too) or ``"masked"``.
+        """Set the global pooling of the model: ``"mean"`` (every step, padding too), ``"masked"`` or ``"max"``.
 
+        ``"max"`` takes each feature's maximum over every step (and frequency bin of a 2-D model).
         ``"masked"`` is refused (:class:`~ecgtl.errors.ConfigError`) for 2-D models. The mode
         changes no parameter; it tells callers to give :meth:`forward` the ``valid`` ranges.
         Returns ``self``.
@@ -505,11 +509,16 @@ class ResNet(nn.Module):
         ``valid`` None: global average pooling over all remaining time (and frequency) steps,
         padding included. ``valid`` ``(B, 2)``, the sample range ``[start, end)`` of real signal
         in each input (1-D only): the average over the steps of :func:`valid_feature_steps`
-        (masked pooling; ``valid = (0, T)`` gives the plain mean). Unlike timm, whose
+        (masked pooling; ``valid = (0, T)`` gives the plain mean). With ``pooling="max"``: each
+        feature's maximum over every step (``valid`` must be None). Unlike timm, whose
         ``forward_features`` returns unpooled maps, this is the embedding a pretext or target
         head consumes; :meth:`forward_feature_maps` gives the maps.
         """
         maps = self.forward_feature_maps(x)
+        if self.pooling == "max":
+            if valid is not None:
+                raise ValueError("valid sample ranges apply to masked pooling; this model pools with max over every step")
+            return maps.flatten(2).amax(dim=-1)
         if valid is None:
             return maps.flatten(2).mean(dim=-1)
         if not self.supports_masked_pooling:

@@ -203,11 +203,11 @@ def build_model(cfg: FinetuneConfig) -> tuple[torch.nn.Module, float]:
 
 
 def _set_pooling(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
-    """The model with ``cfg.pooling`` (a ConfigError for a model without masked pooling, e.g. a 2-D one)."""
+    """The model with ``cfg.pooling`` (a ConfigError for a pooling the model lacks, e.g. masked in a 2-D one)."""
     if callable(getattr(model, "set_pooling", None)):
         model.set_pooling(cfg.pooling)
     elif cfg.pooling != "mean":
-        raise ConfigError(f"pooling={cfg.pooling} needs a model with masked pooling (a 1-D ResNet), not {type(model).__name__}")
+        raise ConfigError(f"pooling={cfg.pooling} needs a model with a choice of pooling (an ecgtl ResNet), not {type(model).__name__}")
     return model
 
 
