@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.cinc2017 import read_record
+from ecgtl.evaluate.calibration import biased_scores
 from ecgtl.evaluate.metrics import macro_f1
 from ecgtl.experiments.report import fmt
 from ecgtl.signal.qrs import detect_beats
@@ -111,7 +112,7 @@ def stackers() -> dict:
 
 
 def design(probs: np.ndarray, feats: np.ndarray, kind: str) -> np.ndarray:
-    logp = np.log(np.clip(probs, 1e-6, 1.0))
+    logp = biased_scores(probs, None)  # log p, clipped as every other ecgtl reader of probabilities clips it
     return {"logp": logp, "logp+f": np.hstack([logp, feats]), "p+f": np.hstack([probs, feats])}[kind]
 
 
