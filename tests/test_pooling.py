@@ -395,6 +395,27 @@ def test_export_of_a_masked_model_takes_the_valid_ranges(tmp_path):
     assert [i.name for i in session.get_inputs()] == ["ecg"]
 
 
+def test_export_of_a_max_pooling_model_keeps_one_input_and_its_outputs(tmp_path):
+    from ecgtl.evaluate.commands import run_export
+
+    card = _card(tmp_path / "max", "max")
+    result = run_export(str(card), str(tmp_path / "max.onnx"))
+    assert result["same_predictions"] and result["max_abs_logit_difference"] < 1e-3
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "max.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["ecg"]
+    assert session.get_modelmeta().custom_metadata_map["pooling"] == "max"
+    x = np.random.default_rng(2).standard_normal((2, 1, 1500)).astype(np.float32)
+    clf = Classifier(card, device="cpu")
+    with torch.no_grad():
+        ref = clf.model(torch.from_numpy(x)).numpy()
+        mean_ref = clf.model.head(clf.model.forward_feature_maps(torch.from_numpy(x)).mean(-1)).numpy()
+    out = session.run(None, {"ecg": x})[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(out, mean_ref, atol=1e-3)  # the export pools with max, not the mean
+
+
 def test_a_stride4_stem_card_loads_classifies_and_exports_with_its_stride(tmp_path):
     """resnet18_preact_stem4 travels by its architecture name: the card, Classifier and ONNX pool at stride 64."""
     from ecgtl.evaluate.commands import run_export
