@@ -19,7 +19,7 @@ from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
-from ecgtl.constants import PAPER_ADAM
+from ecgtl.constants import PAPER_ADAM, POOLINGS
 from ecgtl.errors import ConfigError
 from ecgtl.fileio import atomic_write
 from ecgtl.tasks.registry import PRETEXT_TASKS
@@ -149,7 +149,7 @@ class FinetuneConfig:
         _choice("input", self.input, ("crop", "paper"))
         _choice("normalization", self.normalization, ("train", "paper"))
         _sections(self, ModelConfig, OptimConfig)
-        _choice("pooling", self.pooling, ("mean", "masked", "max"))
+        _choice("pooling", self.pooling, POOLINGS)
         if self.pooling == "masked" and _is_2d_model(self.model.name):
             raise ConfigError(f"pooling=masked applies to 1-D models over raw ECG samples; model.name={self.model.name} is a "
                               "2-D (spectrogram) model, whose pooling also runs over frequency: use pooling=mean")

@@ -39,3 +39,8 @@ PAPER_FINETUNE_SAMPLES = 16_384
 
 # --- Optimiser of the study -------------------------------------------------
 PAPER_ADAM = {"lr": 1e-3, "betas": (0.9, 0.98), "eps": 1e-9}
+
+# --- Global pooling of the models' last feature map -------------------------
+# "mean" over every step (the study), "masked" over the steps on real signal, "max" each feature's
+# largest value over every step (ecgtl.models.resnet1d; FinetuneConfig.pooling; model cards).
+POOLINGS = ("mean", "masked", "max")

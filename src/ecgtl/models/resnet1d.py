@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ecgtl.constants import POOLINGS  # mean, masked, max (re-exported here)
 from ecgtl.errors import ConfigError
 from ecgtl.models.registry import register_model
 
@@ -79,10 +80,6 @@ STEM_CHANNELS = 64
 #: Kernel sizes (samples) of stages 1-4 in the study; the authors' class default is 3-3-3-3.
 PAPER_KERNEL_SIZES = (7, 5, 5, 3)
 MIN_CHANNELS = 8
-
-#: Global pooling modes: ``mean`` over every step of the last feature map, ``masked`` over those on real
-#: signal, ``max`` the largest value of each feature over every step.
-POOLINGS = ("mean", "masked", "max")
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
