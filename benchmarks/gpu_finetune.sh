@@ -6,10 +6,12 @@
 #
 #   bash benchmarks/gpu_finetune.sh OUT_DIR [CARRY_DIR] [EPOCHS]    # SMOKE=1: 1 epoch at width 0.25, on CPU
 #
-# Default plan (the next screening, prepared in session 10): JOBS = seeds 0 and 1 of three changes on
-# the gpu preset (variants w1-lr-* of reports/recipe-ablation-gpu/variants.yaml), ENSEMBLE=auto: the
-# variant with the best mean validation macro-F1 among them gets seeds 0-4 (the missing ones trained
-# side by side), its ensemble, and a test look only through seed_ensemble.py's gate against the
+# Default plan (prepared in session 10, run in session 12 with SCORE_LIMIT=60: w1-lr-b16 won, its
+# ensemble 0.7951 was refused a look, under 0.7931 + 0.01; reports/recipe-ablation-gpu): JOBS =
+# seeds 0 and 1 of three changes on the gpu preset (variants w1-lr-* of
+# reports/recipe-ablation-gpu/variants.yaml), ENSEMBLE=auto: the variant with the best mean
+# validation macro-F1 among them gets seeds 0-4 (the missing ones trained side by side), its
+# ensemble, and a test look only through seed_ensemble.py's gate against the
 # scored preset ensemble (BASELINE_MODEL, default w1-stem4-lr: its committed validation and score files
 # are copied in, so a look needs +0.01 validation macro-F1 over its 0.7930). Session 10 ran
 #   JOBS="w1-stem4:0 ... w1-stem4:4 w1-stem4-reg:0 w1-stem4-lr:0" ENSEMBLE=w1-stem4 BASELINE_MODEL= (a first look)
@@ -23,7 +25,10 @@
 # cut at its limit still says how far it got. What comes back (the tool returns at most 8 files):
 # results.tgz (the tables, the ensemble's report files, every run's metrics.csv / results.json /
 # config.yaml, partial ones too), logs.txt, monitor.txt, machine.txt.
-# Measured on one H200 (session 10): 7 full-width runs side by side ended 181-227 s after the call's
+# Measured on one H200 (session 12): 4 batch-32 and 2 batch-16 runs side by side ended 186 s and
+# 228-232 s after the call's start (set-up and data loading included); seeds 2-4 of the batch-16
+# winner then took 183 s side by side, the ensemble's validation scoring 20 s; the whole call 442 s.
+# Session 10: 7 full-width runs side by side ended 181-227 s after the call's
 # start (set-up and data loading included), 5 runs 142-152 s; the 5-member ensemble's validation
 # and test scoring 18 s. SMOKE=1 SMOKE_JOBS="w1-stem4:0 w1-stem4-reg:0" on 2 CPU cores: 258 s, the
 # gate refusing the smoke ensemble's look.

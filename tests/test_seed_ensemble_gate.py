@@ -149,3 +149,19 @@ def test_the_gpu_folders_second_look_passed_its_gate(seed_ensemble, tmp_path):
     # and it was scored once: the committed folder refuses another look
     with pytest.raises(SystemExit, match="scored already"):
         seed_ensemble.check_test_look(GPU_REPORT, "w1-stem4-lr", doc, baseline="w1-stem4")
+
+
+def test_the_gpu_folders_batch_16_ensemble_was_refused_its_look(seed_ensemble, tmp_path):
+    """Session 12's committed files: w1-lr-b16's ensemble (0.7951) is under the scored w1-stem4-lr's 0.7931 + 0.01."""
+    doc = json.loads((GPU_REPORT / "ensemble-w1-lr-b16-validation.json").read_text())
+    with pytest.raises(SystemExit, match="not at least 0.01 above"):
+        seed_ensemble.check_test_look(GPU_REPORT, "w1-lr-b16", doc, baseline="w1-stem4-lr")
+    assert not (GPU_REPORT / "test-score-w1-lr-b16.json").exists()
+    # the same members with 0.01 more on validation would have had their look
+    for name in ("test-score-w1-stem4-lr.json", "ensemble-w1-stem4-lr-validation.json"):
+        (tmp_path / name).write_bytes((GPU_REPORT / name).read_bytes())
+    better = json.loads(json.dumps(doc))
+    better["validation"]["macro_f1"] = seed_ensemble.validation_score(
+        json.loads((GPU_REPORT / "ensemble-w1-stem4-lr-validation.json").read_text())) + 0.0101
+    assert seed_ensemble.check_test_look(tmp_path, "w1-lr-b16", better, baseline="w1-stem4-lr") == \
+        tmp_path / "test-score-w1-lr-b16.json"
