@@ -102,9 +102,33 @@ def finished_rows(variants: dict, extra: list[str], data: Path, splits: Path, ru
             for n in variants for s in finished_seeds(n, runs)]
 
 
+_CSV_TYPES = {"seed": int, "val_macro_f1": float, "val_challenge_f1": float, "best_epoch": int, "epochs": int, "train_minutes": float}
+
+
+def reported_rows(out: Path, variants: dict) -> list[dict]:
+    """The rows of ``out/ablation.csv`` (committed) of variants still in ``variants``, typed as :func:`run_variant` gives them."""
+    path = out / "ablation.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: _CSV_TYPES[k](v) if k in _CSV_TYPES else v for k, v in r.items()}
+                for r in csv.DictReader(fh) if r["variant"] in variants]
+
+
 def write_table(rows: list[dict], variants: dict, out: Path) -> None:
-    """``ablation.csv`` (a row per run) and ``ablation.md`` (a row per variant, scores cut to 3 decimals, never rounded up)."""
+    """``ablation.csv`` (a row per run) and ``ablation.md`` (a row per variant, scores cut to 3 decimals, never rounded up).
+
+    Rows already in ``out/ablation.csv`` for runs that ``rows`` lacks are kept: run folders are not committed, so a
+    fresh checkout that trains one new variant adds its rows to the committed table instead of replacing it. A run
+    in ``rows`` replaces its old row. Rows go in the variants' file order, then by seed.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    have = {(r["variant"], r["seed"]) for r in rows}
+    order = {name: i for i, name in enumerate(variants)}
+    rows = sorted(rows + [r for r in reported_rows(out, variants) if (r["variant"], r["seed"]) not in have],
+                  key=lambda r: (order[r["variant"]], r["seed"]))
+    if not rows:
+        return
     text = io.StringIO()
     w = csv.DictWriter(text, fieldnames=list(rows[0]))
     w.writeheader()

@@ -39,3 +39,22 @@ def test_the_table_keeps_runs_of_seeds_a_later_call_does_not_name(ablation, tmp_
     table = (report / "ablation.md").read_text()
     assert "| full | `(none)` | 5 | 0.770 +- 0.015 | 0.800 |" in table  # std 0.0158: cut, not rounded up
     assert len((report / "ablation.csv").read_text().splitlines()) == 8
+
+
+def test_a_fresh_checkout_adds_its_runs_to_the_committed_table(ablation, tmp_path):
+    """Run folders are not committed: the rows already in the report's ablation.csv stay, a rerun replaces its own row."""
+    variants = {"full": {"set": []}, "new": {"set": ["epochs=15"]}}
+    old_runs, runs, report = tmp_path / "old", tmp_path / "runs", tmp_path / "report"
+    for seed, f1 in enumerate([0.76, 0.78]):
+        _finished(old_runs, "full", seed, f1)
+    ablation.write_table(ablation.finished_rows(variants, [], tmp_path, tmp_path, old_runs), variants, report)
+    _finished(runs, "new", 0, 0.70)
+    _finished(runs, "full", 1, 0.80)  # a rerun of full seed 1 here: its new row replaces the old one
+    ablation.write_table(ablation.finished_rows(variants, [], tmp_path, tmp_path, runs), variants, report)
+    lines = (report / "ablation.csv").read_text().splitlines()
+    assert [ln.split(",")[:3] for ln in lines[1:]] == [["full", "0", "0.76"], ["full", "1", "0.8"], ["new", "0", "0.7"]]
+    table = (report / "ablation.md").read_text()
+    assert "| full | `(none)` | 2 | 0.780 +- 0.028 |" in table and "| new | `epochs=15` | 1 | 0.700 +- n/a |" in table
+    del variants["new"]  # a variant taken out of the file leaves the table
+    ablation.write_table([], variants, report)
+    assert "new" not in (report / "ablation.csv").read_text()

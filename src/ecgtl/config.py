@@ -126,6 +126,10 @@ class FinetuneConfig:
     sampling: str = "shuffle"  # "shuffle": each record once an epoch; "balanced": records drawn with equal class frequency
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     mixup: float = 0.0  # mixup of training pairs, lam ~ Beta(mixup, mixup) (0: off; e.g. 0.2)
+    # labels of an earlier release of the same records ("original": the folder's REFERENCE.csv, CinC 2017's first
+    # labels; or a label file), mixed into the training target: (1 - w) * this label + w * the earlier one
+    prior_labels: str | None = None
+    prior_label_weight: float = 0.0  # w above; 0 = off. Records whose label did not change keep a one-hot target
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ema_decay: float = 0.0  # exponential moving average of the weights, evaluated and kept (0: off; e.g. 0.995)
     calibrate: bool = False  # per-class decision biases fitted on validation for macro-F1, stored in the card
@@ -160,6 +164,14 @@ class FinetuneConfig:
         _number("label_smoothing", self.label_smoothing, 0, 1, hi_open=True, why="probability mass spread over the classes")
         _number("mixup", self.mixup, 0, 10, why="alpha of the Beta(alpha, alpha) mixing weights; 0 = off")
         _number("ema_decay", self.ema_decay, 0, 1, hi_open=True, why="0 = off, else the EMA's decay per optimiser step")
+        _number("prior_label_weight", self.prior_label_weight, 0, 1, hi_open=True,
+                why="weight of the earlier release's label in the training target; 0 = off")
+        if self.prior_labels is not None:
+            _text("prior_labels", self.prior_labels, "original or a label file")
+        if (self.prior_labels is None) != (self.prior_label_weight == 0):
+            raise ConfigError("prior_labels and prior_label_weight go together: set both (e.g. prior_labels=original "
+                              f"prior_label_weight=0.3) or neither; got prior_labels={self.prior_labels!r}, "
+                              f"prior_label_weight={self.prior_label_weight:g}")
         if not isinstance(self.augment, AugmentConfig):
             raise ConfigError(f"augment must be a section of {', '.join(f.name for f in dataclasses.fields(AugmentConfig))}")
         _integer("split_seed", self.split_seed, 0, MAX_SEED)

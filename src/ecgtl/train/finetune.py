@@ -40,7 +40,7 @@ from ecgtl.data.cinc2017 import Cinc2017, find_label_file, read_labels
 from ecgtl.data.cinc_dataset import CincCropDataset, CincPaperDataset, prepare_cinc
 from ecgtl.data.splits import kfold_splits, load_splits, make_splits, save_splits, subset_labels
 from ecgtl.data.transforms import PAPER_CINC, Normalization
-from ecgtl.errors import ConfigError
+from ecgtl.errors import ConfigError, DataError
 from ecgtl.evaluate.calibration import biased_probabilities, fit_class_bias
 from ecgtl.evaluate.inference import inference_dataset, predict_dataset, write_predictions
 from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_class, format_report, macro_f1
@@ -68,6 +68,7 @@ class FinetuneData:
     normalization: Normalization
     signals: dict[str, list[np.ndarray]]
     labels: dict[str, np.ndarray]  # class indices into CINC_CLASSES
+    prior_labels: np.ndarray | None = None  # the training records' labels in an earlier release (cfg.prior_labels), or None
 
 
 def read_labelled_records(cfg: FinetuneConfig, progress: bool = True) -> tuple[dict, Cinc2017]:
@@ -175,7 +176,44 @@ def prepare_data(cfg: FinetuneConfig, by_name: dict, splits: dict[str, list[str]
     labels = {part: np.array([CINC_CLASSES.index(by_name[n].label) for n in names[part]]) for part in names}
     print(f"data: {len(train_names)} train / {len(splits['val'])} val / {len(splits['test'])} test records at "
           f"{cfg.fs:g} Hz, normalisation mean {norm.mean:.4f} std {norm.std:.4f} mV ({time.perf_counter() - t0:.1f} s)")
-    return FinetuneData(splits, train_names, norm, signals, labels)
+    prior = read_prior_labels(cfg, train_names, labels["train"]) if cfg.prior_labels else None
+    return FinetuneData(splits, train_names, norm, signals, labels, prior)
+
+
+def read_prior_labels(cfg: FinetuneConfig, train_names: list[str], labels: np.ndarray) -> np.ndarray:
+    """Class indices of ``train_names`` in the earlier release ``cfg.prior_labels`` ("original": the folder's REFERENCE.csv).
+
+    Every training record must be in that file (a DataError names the file and a missing record);
+    validation and test records are scored on the run's own labels and never read here.
+    """
+    path = find_label_file(cfg.data, cfg.prior_labels)
+    if path is None:
+        raise ConfigError(f"prior_labels={cfg.prior_labels}: no REFERENCE.csv in {cfg.data}")
+    prior = read_labels(path)
+    missing = [n for n in train_names if n not in prior]
+    if missing:
+        raise DataError(path, f"{len(missing)} of the {len(train_names)} training records have no label here, e.g. {missing[0]}")
+    out = np.array([CINC_CLASSES.index(prior[n]) for n in train_names])
+    print(f"prior labels: {path}, {int((out != labels).sum())} of {len(out)} training records labelled otherwise there "
+          f"(target weight {cfg.prior_label_weight:g})")
+    return out
+
+
+class _WithPriorLabel(torch.utils.data.Dataset):
+    """A training set whose items gain the record's earlier label: ``(*item, prior class index)``."""
+
+    def __init__(self, ds: torch.utils.data.Dataset, prior: np.ndarray):
+        self.ds, self.prior = ds, prior
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.ds, "set_epoch"):  # random crops; the study's padded input has no epochs
+            self.ds.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> tuple:
+        return (*self.ds[i], int(self.prior[i]))
 
 
 def build_model(cfg: FinetuneConfig) -> tuple[torch.nn.Module, float]:
@@ -236,6 +274,9 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
         train_ds = CincPaperDataset(data.signals["train"], data.labels["train"], cfg.paper_samples, return_valid=masked)
     else:
         raise ConfigError(f"input must be 'crop' or 'paper', got {cfg.input!r}")
+    prior_weight = cfg.prior_label_weight if data.prior_labels is not None else 0.0
+    if prior_weight:
+        train_ds = _WithPriorLabel(train_ds, data.prior_labels)
     steps_per_round = math.ceil(len(train_ds) / cfg.batch_size)
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, steps_per_round, cfg.epochs)
     class_weight = None
@@ -256,7 +297,19 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
         return torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
                                            num_workers=cfg.num_workers, drop_last=False)
 
+    def target_loss(logits, y, y_prior):
+        """Cross-entropy against the label, or against (1 - w) * label + w * the earlier release's label."""
+        loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=cfg.label_smoothing)
+        if prior_weight:
+            loss = (1 - prior_weight) * loss + prior_weight * F.cross_entropy(logits, y_prior, weight=class_weight,
+                                                                              label_smoothing=cfg.label_smoothing)
+        return loss
+
     def step_fn(m, batch):
+        y_prior = None
+        if prior_weight:
+            *batch, y_prior = batch
+            y_prior = y_prior.to(device)
         x, y, valid = batch if masked else (*batch, None)
         x, y = x.to(device, non_blocking=True), y.to(device)
         if masked:
@@ -268,9 +321,9 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
             if masked:  # the mixed input is signal wherever either record is
                 valid = torch.stack([torch.minimum(valid[:, 0], valid[perm, 0]), torch.maximum(valid[:, 1], valid[perm, 1])], 1)
         logits = (m(x, valid) if masked else m(x)).float()
-        loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=cfg.label_smoothing)
+        loss = target_loss(logits, y, y_prior)
         if cfg.mixup:
-            loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y[perm], weight=class_weight, label_smoothing=cfg.label_smoothing)
+            loss = lam * loss + (1 - lam) * target_loss(logits, y[perm], None if y_prior is None else y_prior[perm])
         return loss, len(y)
 
     def on_round_start(m, r):
