@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_finetune.sh OUT_DIR [CARRY_DIR] [EPOCHS]    # SMOKE=1: 1 epoch at width 0.25, on CPU
 #
 # Default plan (prepared in session 10, run in session 12 with SCORE_LIMIT=60: w1-lr-b16 won, its
-# ensemble 0.7951 was refused a look, under 0.7931 + 0.01; reports/recipe-ablation-gpu): JOBS =
+# ensemble 0.7950 was refused a look, under 0.7930 + 0.01; reports/recipe-ablation-gpu): JOBS =
 # seeds 0 and 1 of three changes on the gpu preset (variants w1-lr-* of
 # reports/recipe-ablation-gpu/variants.yaml), ENSEMBLE=auto: the variant with the best mean
 # validation macro-F1 among them gets seeds 0-4 (the missing ones trained side by side), its

@@ -39,18 +39,24 @@ def label_pairs(data: Path) -> dict[str, tuple[str, str]]:
     return {name: (original[name], v3[name]) for name in sorted(v3)}
 
 
-def split_of(pairs: dict, splits: dict) -> dict[str, str]:
-    """Each record's split: the selection split's ``train`` / ``val``, else ``test`` (the standard test split)."""
+def split_of(pairs: dict, splits: dict, path: Path) -> dict[str, str]:
+    """Each record's split: the selection split's ``train`` / ``val``, else ``test`` (the standard test split).
+
+    ``path`` is the splits file, named by the DataError for a record without a label or listed twice.
+    """
     where = {n: "test" for n in pairs}
     for part in ("train", "val"):
         for n in splits[part]:
             if n not in where:
-                raise DataError(Path("splits"), f"record {n} of the {part} list has no label")
+                raise DataError(path, f"record {n} of the {part} list has no label")
+            if where[n] != "test":
+                raise DataError(path, f"record {n} is in the {where[n]} list and the {part} list")
             where[n] = part
     return where
 
 
 def markdown(pairs: dict, where: dict) -> str:
+    """The report: the original-by-v3 count table, then per split the v3 classes and how many kept their original label."""
     cross = Counter(pairs.values())
     head = "| original \\ v3 | " + " | ".join(CINC_CLASSES) + " | total |\n" + "|---" * (len(CINC_CLASSES) + 2) + "|\n"
     rows = []
@@ -82,7 +88,7 @@ def main() -> None:
     ap.add_argument("--report", default="reports/label-versions.md")
     args = ap.parse_args()
     pairs = label_pairs(Path(args.data))
-    text = markdown(pairs, split_of(pairs, load_splits(Path(args.splits))))
+    text = markdown(pairs, split_of(pairs, load_splits(Path(args.splits)), Path(args.splits)))
     atomic_write(Path(args.report), text)
     print(text)
 

@@ -105,27 +105,45 @@ def finished_rows(variants: dict, extra: list[str], data: Path, splits: Path, ru
 _CSV_TYPES = {"seed": int, "val_macro_f1": float, "val_challenge_f1": float, "best_epoch": int, "epochs": int, "train_minutes": float}
 
 
-def reported_rows(out: Path, variants: dict) -> list[dict]:
-    """The rows of ``out/ablation.csv`` (committed) of variants still in ``variants``, typed as :func:`run_variant` gives them."""
+def reported_rows(out: Path, variants: dict, extra: list[str]) -> list[dict]:
+    """The rows of ``out/ablation.csv`` (committed) whose variant is still in ``variants``, typed as :func:`run_variant`
+    gives them.
+
+    SystemExit when a row was trained with other overrides than its variant's ``set`` plus ``extra`` (this call's
+    --set): a smoke run's ``--set epochs=1`` aimed at the committed table, or a variant edited since its rows were
+    made. Nothing is dropped or mixed silently: use another --report, or remove the stale rows by hand.
+    """
     path = out / "ablation.csv"
     if not path.is_file():
         return []
+    kept, stale = [], []
     with open(path, newline="") as fh:
-        return [{k: _CSV_TYPES[k](v) if k in _CSV_TYPES else v for k, v in r.items()}
-                for r in csv.DictReader(fh) if r["variant"] in variants]
+        for r in csv.DictReader(fh):
+            if r["variant"] not in variants:
+                print(f"{path}: rows of {r['variant']} (seed {r['seed']}) left out: the variant is not in the variants file")
+                continue
+            want = " ".join(list(variants[r["variant"]]["set"]) + list(extra))
+            if r["overrides"] != want:
+                stale.append(f"{r['variant']} seed {r['seed']} ({r['overrides']!r}, now {want!r})")
+            kept.append({k: _CSV_TYPES[k](v) if k in _CSV_TYPES else v for k, v in r.items()})
+    if stale:
+        raise SystemExit(f"{path}: {len(stale)} row(s) were trained with other overrides than this call's, e.g. {stale[0]}: "
+                         "write to another --report (e.g. for a smoke run), or remove the stale rows from the file")
+    return kept
 
 
-def write_table(rows: list[dict], variants: dict, out: Path) -> None:
+def write_table(rows: list[dict], variants: dict, out: Path, extra: list[str] = ()) -> None:
     """``ablation.csv`` (a row per run) and ``ablation.md`` (a row per variant, scores cut to 3 decimals, never rounded up).
 
     Rows already in ``out/ablation.csv`` for runs that ``rows`` lacks are kept: run folders are not committed, so a
     fresh checkout that trains one new variant adds its rows to the committed table instead of replacing it. A run
-    in ``rows`` replaces its old row. Rows go in the variants' file order, then by seed.
+    in ``rows`` replaces its old row; an old row with other overrides than the variant's now (``extra``: this
+    call's --set) stops the call (:func:`reported_rows`). Rows go in the variants' file order, then by seed.
     """
     out.mkdir(parents=True, exist_ok=True)
     have = {(r["variant"], r["seed"]) for r in rows}
     order = {name: i for i, name in enumerate(variants)}
-    rows = sorted(rows + [r for r in reported_rows(out, variants) if (r["variant"], r["seed"]) not in have],
+    rows = sorted(rows + [r for r in reported_rows(out, variants, list(extra)) if (r["variant"], r["seed"]) not in have],
                   key=lambda r: (order[r["variant"]], r["seed"]))
     if not rows:
         return
@@ -212,6 +230,7 @@ def main() -> int:
     variants = yaml.safe_load(Path(args.variants).read_text())
     names = args.only.split(",") if args.only else list(variants)
     runs, report = Path(args.runs), Path(args.report)
+    reported_rows(report, variants, args.set)  # before any training: a table this call could not add to stops it here
     splits = selection_splits(Path(args.splits), Path(args.data), runs)
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.make_subsets:
@@ -222,14 +241,14 @@ def main() -> int:
         names = []
         rows = finished_rows(variants, args.set, Path(args.data), splits, runs)
         if rows:
-            write_table(rows, variants, report)
+            write_table(rows, variants, report, args.set)
         else:
             print(f"no finished runs in {runs}")
             return 0
     for name in names:
         for seed in seeds:
             run_variant(name, list(variants[name]["set"]) + args.set, seed, Path(args.data), splits, runs)
-            write_table(finished_rows(variants, args.set, Path(args.data), splits, runs), variants, report)
+            write_table(finished_rows(variants, args.set, Path(args.data), splits, runs), variants, report, args.set)
     print((report / "ablation.md").read_text())
     return 0
 

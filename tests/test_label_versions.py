@@ -28,7 +28,7 @@ def test_counts_per_class_and_split(label_versions, tmp_path):
     pairs = label_versions.label_pairs(_folder(tmp_path, original, v3))
     assert pairs["A2"] == ("N", "~") and pairs["A4"] == ("~", "~")
     save_splits(tmp_path / "sel.json", {"train": ["A1", "A2", "A3"], "val": ["A4"], "test": []}, seed=1)
-    where = label_versions.split_of(pairs, load_splits(tmp_path / "sel.json"))
+    where = label_versions.split_of(pairs, load_splits(tmp_path / "sel.json"), tmp_path / "sel.json")
     assert where == {"A1": "train", "A2": "train", "A3": "train", "A4": "val", "A5": "test", "A6": "test"}
     text = label_versions.markdown(pairs, where)
     assert "| N | 1 | 0 | 1 | 1 | 3 |" in text  # original N: one stayed N, one became O, one noisy
@@ -52,3 +52,11 @@ def test_missing_label_files_are_named(label_versions, tmp_path):
     (folder / "REFERENCE.csv").write_text("A1,N\n")
     with pytest.raises(DataError, match="no REFERENCE-v3.csv"):
         label_versions.label_pairs(folder)
+
+
+def test_a_bad_split_file_is_named(label_versions, tmp_path):
+    pairs = {"A1": ("N", "N"), "A2": ("O", "~")}
+    with pytest.raises(DataError, match=r"sel.json: record A9 of the val list has no label"):
+        label_versions.split_of(pairs, {"train": ["A1"], "val": ["A9"]}, tmp_path / "sel.json")
+    with pytest.raises(DataError, match=r"sel.json: record A1 is in the train list and the val list"):
+        label_versions.split_of(pairs, {"train": ["A1"], "val": ["A1"]}, tmp_path / "sel.json")

@@ -11,7 +11,7 @@ from ecgtl.config import FinetuneConfig, load_config
 from ecgtl.data.transforms import Normalization
 from ecgtl.errors import ConfigError, DataError
 from ecgtl.models import create_model
-from ecgtl.train.finetune import FinetuneData, make_trainer, read_prior_labels
+from ecgtl.train.finetune import FinetuneData, make_trainer, mixup_pairs, read_prior_labels, run_finetune
 
 WIDTH = 0.0625
 
@@ -33,8 +33,21 @@ def test_the_weight_stays_below_one(tmp_path):
         _cfg(tmp_path, "prior_labels=original", "prior_label_weight=1")
 
 
+def test_the_runs_own_labels_are_refused_as_prior_labels(tmp_path):
+    with pytest.raises(ConfigError, match="prior_labels=v3 names the run's own labels"):
+        _cfg(tmp_path, "prior_labels=v3", "prior_label_weight=0.3")
+    (tmp_path / "REFERENCE.csv").write_text("a,N\n")  # no REFERENCE-v3.csv: the run's labels are REFERENCE.csv too
+    with pytest.raises(ConfigError, match="is the run's own label file"):
+        read_prior_labels(_cfg(tmp_path, "prior_labels=original", "prior_label_weight=0.3"), ["a"], np.array([0]))
+    with pytest.raises(ConfigError, match="is the run's own label file"):
+        run_finetune(_cfg(tmp_path, f"prior_labels={tmp_path / 'REFERENCE.csv'}", "prior_label_weight=0.3", "val_fraction=0",
+                          f"out={tmp_path / 'run'}"))
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
 def test_prior_labels_are_read_for_the_training_records(tmp_path):
     (tmp_path / "REFERENCE.csv").write_text("a,N\nb,~\nc,O\n")  # the folder's original release
+    (tmp_path / "REFERENCE-v3.csv").write_text("a,N\nb,A\nc,O\n")  # the run's labels
     cfg = _cfg(tmp_path, "prior_labels=original", "prior_label_weight=0.3")
     got = read_prior_labels(cfg, ["b", "a"], np.array([2, 0]))
     assert got.tolist() == [3, 0]
@@ -42,7 +55,7 @@ def test_prior_labels_are_read_for_the_training_records(tmp_path):
         read_prior_labels(cfg, ["a", "d"], np.array([0, 0]))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ConfigError, match="no REFERENCE.csv"):
+    with pytest.raises(ConfigError, match="REFERENCE.csv is missing"):
         read_prior_labels(_cfg(empty, "prior_labels=original", "prior_label_weight=0.3"), ["a"], np.array([0]))
 
 
@@ -77,3 +90,34 @@ def test_the_loss_mixes_the_two_labels_by_the_weight(tmp_path):
     plain, _ = _trainer(tmp_path / "off", 0.0, None)
     x0, y0 = next(iter(plain.make_batches(0)))  # off: the items are as before, the same crops
     assert torch.equal(x0, x) and torch.equal(y0, y)
+
+
+def test_masked_pooling_and_mixup_carry_the_prior_label_too(tmp_path):
+    """Items (crop, label, valid, prior): the prior label comes last; mixup mixes both labels' losses with one pairing."""
+    (tmp_path / "old.csv").write_text("a,N\n")
+    cfg = _cfg(tmp_path, f"prior_labels={tmp_path / 'old.csv'}", "prior_label_weight=0.25", "pooling=masked", "mixup=0.2")
+    rng = np.random.default_rng(0)
+    signals = [rng.standard_normal(n).astype(np.float32) for n in (600, 1500, 1024, 800)]
+    names, labels = ["a", "b", "c", "d"], np.array([0, 1, 2, 3])
+    data = FinetuneData(splits={"train": names, "val": names, "test": []}, train_names=names, normalization=Normalization(0.0, 1.0),
+                        signals={"train": signals, "val": signals, "test": []}, labels={"train": labels, "val": labels, "test": labels[:0]},
+                        prior_labels=np.array([3, 1, 2, 3]))
+    model = create_model("resnet18_preact", num_classes=4, width=WIDTH, pooling="masked").eval()
+    trainer = make_trainer(cfg, data, model, torch.device("cpu"), tmp_path, progress=False)
+    batch = next(iter(trainer.make_batches(0)))
+    assert len(batch) == 4 and batch[2].shape == (4, 2)
+    x, y, valid, y_prior = batch
+    torch.manual_seed(5)
+    loss, n = trainer.step_fn(model, batch)
+    torch.manual_seed(5)  # the same mixing draw
+    lam, perm = mixup_pairs(4, 0.2)
+    xm = lam * x + (1 - lam) * x[perm]
+    vm = torch.stack([torch.minimum(valid[:, 0], valid[perm, 0]), torch.maximum(valid[:, 1], valid[perm, 1])], 1)
+    with torch.no_grad():
+        logits = model(xm, vm).float()
+
+    def mix(t, tp):
+        return 0.75 * F.cross_entropy(logits, t) + 0.25 * F.cross_entropy(logits, tp)
+
+    want = lam * mix(y, y_prior) + (1 - lam) * mix(y[perm], y_prior[perm])
+    assert n == 4 and torch.allclose(loss, want, atol=1e-6)

@@ -58,3 +58,18 @@ def test_a_fresh_checkout_adds_its_runs_to_the_committed_table(ablation, tmp_pat
     del variants["new"]  # a variant taken out of the file leaves the table
     ablation.write_table([], variants, report)
     assert "new" not in (report / "ablation.csv").read_text()
+
+
+def test_rows_made_with_other_overrides_stop_the_call(ablation, tmp_path):
+    """A smoke run's --set aimed at the committed table, or a variant edited since its rows, stops before any training."""
+    variants = {"full": {"set": []}}
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    _finished(runs, "full", 0, 0.76)
+    ablation.write_table(ablation.finished_rows(variants, [], tmp_path, tmp_path, runs), variants, report)
+    before = (report / "ablation.csv").read_text()
+    with pytest.raises(SystemExit, match=r"1 row\(s\) were trained with other overrides .* full seed 0 \(''\, now 'epochs=1'\)"):
+        ablation.reported_rows(report, variants, ["epochs=1"])
+    with pytest.raises(SystemExit, match="other overrides"):
+        ablation.write_table([], {"full": {"set": ["fs=250"]}}, report)
+    assert (report / "ablation.csv").read_text() == before  # nothing dropped
+    assert len(ablation.reported_rows(report, variants, [])) == 1

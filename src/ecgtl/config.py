@@ -127,9 +127,9 @@ class FinetuneConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     mixup: float = 0.0  # mixup of training pairs, lam ~ Beta(mixup, mixup) (0: off; e.g. 0.2)
     # labels of an earlier release of the same records ("original": the folder's REFERENCE.csv, CinC 2017's first
-    # labels; or a label file), mixed into the training target: (1 - w) * this label + w * the earlier one
+    # labels; or a label file), mixed into the training loss: (1 - w) * CE(this label) + w * CE(the earlier one)
     prior_labels: str | None = None
-    prior_label_weight: float = 0.0  # w above; 0 = off. Records whose label did not change keep a one-hot target
+    prior_label_weight: float = 0.0  # w above; 0 = off. A record whose label did not change has its plain loss
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ema_decay: float = 0.0  # exponential moving average of the weights, evaluated and kept (0: off; e.g. 0.995)
     calibrate: bool = False  # per-class decision biases fitted on validation for macro-F1, stored in the card
@@ -168,6 +168,8 @@ class FinetuneConfig:
                 why="weight of the earlier release's label in the training target; 0 = off")
         if self.prior_labels is not None:
             _text("prior_labels", self.prior_labels, "original or a label file")
+            if self.prior_labels == "v3":
+                raise ConfigError("prior_labels=v3 names the run's own labels: give an earlier release (original, or a label file)")
         if (self.prior_labels is None) != (self.prior_label_weight == 0):
             raise ConfigError("prior_labels and prior_label_weight go together: set both (e.g. prior_labels=original "
                               f"prior_label_weight=0.3) or neither; got prior_labels={self.prior_labels!r}, "

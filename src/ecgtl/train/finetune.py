@@ -180,15 +180,25 @@ def prepare_data(cfg: FinetuneConfig, by_name: dict, splits: dict[str, list[str]
     return FinetuneData(splits, train_names, norm, signals, labels, prior)
 
 
+def prior_label_file(cfg: FinetuneConfig) -> Path:
+    """The label file of ``cfg.prior_labels``; a ConfigError when it is missing or is the run's own label file."""
+    path = find_label_file(cfg.data, cfg.prior_labels)
+    if path is None:
+        raise ConfigError(f"prior_labels={cfg.prior_labels}: {Path(cfg.data) / 'REFERENCE.csv'} is missing")
+    own = find_label_file(cfg.data, cfg.labels)
+    if own is not None and Path(own).resolve() == Path(path).resolve():
+        raise ConfigError(f"prior_labels={cfg.prior_labels}: {path} is the run's own label file (labels={cfg.labels}), so "
+                          "nothing would be mixed in: give an earlier release's label file")
+    return Path(path)
+
+
 def read_prior_labels(cfg: FinetuneConfig, train_names: list[str], labels: np.ndarray) -> np.ndarray:
     """Class indices of ``train_names`` in the earlier release ``cfg.prior_labels`` ("original": the folder's REFERENCE.csv).
 
     Every training record must be in that file (a DataError names the file and a missing record);
     validation and test records are scored on the run's own labels and never read here.
     """
-    path = find_label_file(cfg.data, cfg.prior_labels)
-    if path is None:
-        raise ConfigError(f"prior_labels={cfg.prior_labels}: no REFERENCE.csv in {cfg.data}")
+    path = prior_label_file(cfg)
     prior = read_labels(path)
     missing = [n for n in train_names if n not in prior]
     if missing:
@@ -298,7 +308,8 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
                                            num_workers=cfg.num_workers, drop_last=False)
 
     def target_loss(logits, y, y_prior):
-        """Cross-entropy against the label, or against (1 - w) * label + w * the earlier release's label."""
+        """Cross-entropy against the label, or (1 - w) times it plus w times that against the earlier release's label
+        (each a class-weighted mean over the batch, as mixup's two terms)."""
         loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=cfg.label_smoothing)
         if prior_weight:
             loss = (1 - prior_weight) * loss + prior_weight * F.cross_entropy(logits, y_prior, weight=class_weight,
@@ -414,6 +425,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Read, split and preprocess CinC 2017, train (resuming a checkpoint in ``cfg.out``), then score the best model."""
     out = Path(cfg.out)
     _precheck_val_fraction(cfg, out)
+    if cfg.prior_labels:  # before anything is read or written
+        prior_label_file(cfg)
     out.mkdir(parents=True, exist_ok=True)
     check_run_splits(cfg, out)
     save_or_check_config(cfg, out / "config.yaml", canonical=with_current_model_name)
