@@ -53,3 +53,10 @@ def test_an_unknown_command_is_refused_with_the_list(capsys):
         main(["pretrian"])
     assert exit_.value.code == 2
     assert "invalid choice: 'pretrian'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "presets"), [("finetune", "cpu, gpu, paper"), ("pretrain", "cpu, paper")])
+def test_the_help_names_the_commands_own_presets(command, presets, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    assert f"preset name ({presets}) or YAML path" in " ".join(capsys.readouterr().out.split())

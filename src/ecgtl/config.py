@@ -1,7 +1,7 @@
 """One config system: dataclasses, YAML presets, ``key=value`` overrides.
 
 A run's configuration is a dataclass (``FinetuneConfig``, ...). Presets are YAML files in
-``ecgtl/configs/`` (``cpu``, ``paper``) or any path; the command line overrides single
+``ecgtl/configs/`` (``<command>-<name>.yaml``: ``cpu``, ``gpu``, ``paper``, ...) or any path; the command line overrides single
 fields with ``--set optim.lr=3e-4``. The resolved config is written next to the run's
 outputs, so every number a run produced says how it was made.
 """
@@ -476,15 +476,19 @@ def to_dict(cfg) -> dict:
 
 
 def preset_path(name_or_path: str, kind: str) -> Path:
-    """A preset by name (``cpu``, ``paper``: ``ecgtl/configs/<kind>-<name>.yaml``) or a YAML path."""
+    """A preset by name (:func:`preset_names`: ``ecgtl/configs/<kind>-<name>.yaml``) or a YAML path."""
     if os.path.isfile(name_or_path):
         return Path(name_or_path)
     path = resources.files("ecgtl") / "configs" / f"{kind}-{name_or_path}.yaml"
     if not path.is_file():
-        available = sorted(p.name[len(kind) + 1:-5] for p in (resources.files("ecgtl") / "configs").iterdir()
-                           if p.name.startswith(kind + "-"))
-        raise ConfigError(f"no {kind} preset {name_or_path!r}; available: {', '.join(available)} (or a YAML path)")
+        raise ConfigError(f"no {kind} preset {name_or_path!r}; available: {', '.join(preset_names(kind))} (or a YAML path)")
     return Path(str(path))
+
+
+def preset_names(kind: str) -> list[str]:
+    """The names of the presets shipped for ``kind`` (``finetune``: cpu, gpu, paper), from ``ecgtl/configs/<kind>-<name>.yaml``."""
+    return sorted(p.name[len(kind) + 1:-5] for p in (resources.files("ecgtl") / "configs").iterdir()
+                  if p.name.startswith(kind + "-") and p.name.endswith(".yaml"))
 
 
 def _set_override(data: dict, assignment: str) -> None:
@@ -542,7 +546,7 @@ def add_config_command(subparsers, name: str, cls: type, run, description: str,
     import argparse
 
     p = subparsers.add_parser(name, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="cpu", help="preset name (cpu, paper) or YAML path (default: cpu)")
+    p.add_argument("--preset", default="cpu", help=f"preset name ({', '.join(preset_names(name))}) or YAML path (default: cpu)")
     for field_name, kwargs in shortcuts.items():
         p.add_argument("--" + field_name.replace("_", "-"), dest=field_name, **kwargs)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
