@@ -26,9 +26,10 @@ from ecgtl.fileio import atomic_write
 
 def label_pairs(data: Path) -> dict[str, tuple[str, str]]:
     """``{record: (original label, v3 label)}`` for the records of ``data``; a record in one file only is an error."""
-    if not (data / "REFERENCE.csv").is_file():
+    original_file = find_label_file(data, "original")
+    if original_file is None:
         raise DataError(data / "REFERENCE.csv", "missing: the original labels sit in the training2017 folder")
-    original = read_labels(data / "REFERENCE.csv")
+    original = read_labels(original_file)
     v3_file = find_label_file(data, "v3")
     if v3_file is None or v3_file.name != "REFERENCE-v3.csv":
         raise DataError(data, "no REFERENCE-v3.csv in the folder or, for PhysioNet's layout, beside it")
