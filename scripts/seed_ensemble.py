@@ -127,8 +127,8 @@ def check_test_look(out: Path, variant: str, doc: dict, first_look: bool = False
                          f"{str(base_names)[:12]}..., {variant}: {str(mine_names)[:12]}...): the scores are not comparable")
     mine, ref = validation_score(doc), validation_score(base)
     if mine < ref + MIN_VAL_GAIN:
-        raise SystemExit(f"{variant}: validation macro-F1 {mine:.4f} is not at least {MIN_VAL_GAIN} above the scored "
-                         f"baseline's {ref:.4f} ({base_file}): no further look at the test split")
+        raise SystemExit(f"{variant}: validation macro-F1 {cut4(mine)} is not at least {MIN_VAL_GAIN} above the scored "
+                         f"baseline's {cut4(ref)} ({base_file}): no further look at the test split")
     return target
 
 
@@ -271,7 +271,7 @@ def main() -> int:
     atomic_write(report_file(out, "ensemble", name, "-validation.json"),
                  json.dumps({k: doc[k] for k in ("class_bias", "members", "validation")}
                             | {"ensemble_file": str(ensemble / "ensemble.json")}, indent=1) + "\n")
-    print(f"model {name}: ensemble validation macro-F1 {validation_score(doc):.4f}")
+    print(f"model {name}: ensemble validation macro-F1 {cut4(validation_score(doc))}")
     if args.score_test:
         target = check_test_look(out, name, doc, first_look=args.first_look, baseline=args.baseline)
         score_test(ensemble, runs, Path(args.data), standard_splits(Path(args.data), runs_dir), out, name=target.name)

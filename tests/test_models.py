@@ -31,7 +31,7 @@ def _backbone_params(model: torch.nn.Module) -> int:
 
 def test_registry_lists_all_models():
     assert list_models() == sorted(MODELS_1D + MODELS_2D + ["resnet18_postact_2d_stft", "resnet18_preact_2d_stft",
-                                                             "resnet18_preact_stem4"])
+                                                             "resnet18_preact_stem4", "resnet34_preact_stem4"])
     assert list_models("resnet*_preact") == ["resnet18_preact", "resnet34_preact", "resnet50_preact"]
 
 
@@ -58,7 +58,7 @@ def test_unknown_model_and_bad_arguments_raise_config_error():
         create_model("resnet18_postact", width=0)
 
 
-@pytest.mark.parametrize("name", MODELS_1D + MODELS_2D + ["resnet18_preact_stem4"])
+@pytest.mark.parametrize("name", MODELS_1D + MODELS_2D + ["resnet18_preact_stem4", "resnet34_preact_stem4"])
 def test_create_model_output_and_feature_shapes(name):
     model = create_model(name, num_classes=3, width=SMALL).eval()
     expansion = 4 if name.startswith("resnet50") else 1
@@ -74,7 +74,8 @@ def test_create_model_output_and_feature_shapes(name):
     torch.testing.assert_close(logits, model.forward_head(features))
 
 
-@pytest.mark.parametrize("name, stride", [("resnet18_postact", 32), ("resnet18_preact", 32), ("resnet18_preact_stem4", 64)])
+@pytest.mark.parametrize("name, stride", [("resnet18_postact", 32), ("resnet18_preact", 32), ("resnet18_preact_stem4", 64),
+                                          ("resnet34_preact_stem4", 64)])
 def test_1d_models_accept_any_length(name, stride):
     model = create_model(name, num_classes=4, width=SMALL).eval()
     assert model.feature_stride == stride
@@ -104,13 +105,23 @@ def test_the_stride4_stem_doubles_the_receptive_field_and_keeps_the_weights_layo
 
     assert (receptive_field(base), receptive_field(stem4)) == (667, 1327)  # 5.3 s at 125 and at 250 Hz
     # the stride is in the name, never an option: a card's architecture name rebuilds exactly its network
-    for name in ("resnet18_preact", "resnet18_preact_stem4", "resnet18_preact_2d_stft"):
+    for name in ("resnet18_preact", "resnet18_preact_stem4", "resnet34_preact_stem4", "resnet18_preact_2d_stft"):
         with pytest.raises(ConfigError, match="part of the model's name"):
             create_model(name, width=SMALL, stem_stride=4)
     from ecgtl.models.resnet1d import ResNet
 
     with pytest.raises(ValueError, match="stem_stride"):
         ResNet((2, 2, 2, 2), stem_stride=3)
+
+
+def test_the_depth34_stride4_model_is_resnet34_preact_with_a_stride4_stem():
+    """resnet34_preact_stem4: resnet34_preact's weights layout (a card or init loads across), stem stride 4, 16 blocks."""
+    base = create_model("resnet34_preact", num_classes=4, width=SMALL)
+    stem4 = create_model("resnet34_preact_stem4", num_classes=4, width=SMALL)
+    assert {k: v.shape for k, v in stem4.state_dict().items()} == {k: v.shape for k, v in base.state_dict().items()}
+    assert (base.stem.conv.stride, stem4.stem.conv.stride) == ((2,), (4,))
+    assert [len(stage) for stage in stem4.stages] == [3, 4, 6, 3]
+    assert (base.feature_stride, stem4.feature_stride) == (32, 64)
 
 
 def test_2d_model_spatial_sizes_and_in_chans():

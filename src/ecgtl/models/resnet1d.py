@@ -617,6 +617,18 @@ def resnet34_preact(**kwargs) -> ResNet:
     return _resnet1d((3, 4, 6, 3), "basic", preact=True, **_fixed_stem("resnet34_preact", kwargs))
 
 
+@register_model()
+def resnet34_preact_stem4(**kwargs) -> ResNet:
+    """1-D ResNet-34v2 with a stride-4 stem conv (total stride 64) for 250 Hz input.
+
+    :func:`resnet34_preact`'s layers and state-dict keys; the stem conv's stride is 4, as in
+    :func:`resnet18_preact_stem4`, so the depth-34 model at 250 Hz has the feature step (0.256 s)
+    of the width-0.25 cpu preset at 125 Hz, with twice the blocks (16 against 8) and a longer
+    receptive field. The 34-layer 1-D CNNs of the 2017 challenge's era (Hannun et al.) are this deep.
+    """
+    return _resnet1d((3, 4, 6, 3), "basic", preact=True, stem_stride=4, **_fixed_stem("resnet34_preact_stem4", kwargs))
+
+
 @register_model(aliases=("resnet50v2",))
 def resnet50_preact(**kwargs) -> ResNet:
     """1-D ResNet-50v2 (bottleneck x4), pre-activation blocks with a final BN + ReLU."""
