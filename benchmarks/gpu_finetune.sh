@@ -19,6 +19,10 @@
 # One call, not two: the device tool gives a machine back 30 s after a call, so runs left in /tmp
 # for a second call are fragile.
 #
+# ENSEMBLE=A+B: a mixed ensemble (seed_ensemble.py --variant A+B: the seeds of A, then those of B), the
+# seeds of both trained. INFO_ENSEMBLES="V ...": after the look, each variant's seed ensemble on
+# validation only (ensemble-info/ in results.tgz; INFO_LIMIT s each, 40), never a test look.
+#
 # Time limits (the device tool allows 600 s per command): each training run LIMIT s (300), cut
 # further so that the scoring (SCORE_LIMIT s, 120) still ends by DEADLINE s (560) after the start
 # (SMOKE: 3600). Every 20 s the epochs done per run and the GPU's use go to monitor.txt, so a run
@@ -105,7 +109,7 @@ print(max(d, key=lambda k: s.mean(d[k])) if d else '')" "$JOBS")
 fi
 if [ -n "$ENSEMBLE" ]; then
     echo "ensemble of variant $ENSEMBLE (seeds $ENS_SEEDS); t=$(( $(date +%s) - T0 )) s"
-    train "$(for s in $ENS_SEEDS; do printf '%s:%s ' "$ENSEMBLE" "$s"; done)"
+    train "$(for v in ${ENSEMBLE//+/ }; do for s in $ENS_SEEDS; do printf '%s:%s ' "$v" "$s"; done; done)"  # A+B: both
     mkdir -p "$OUT/work/ensemble"
     LOOK="--score-test --first-look"
     if [ -n "$BASELINE_MODEL" ]; then  # the scored preset ensemble's files: a further look needs the gate
@@ -120,10 +124,16 @@ if [ -n "$ENSEMBLE" ]; then
     timeout ${SCORE_LIMIT:-120} $PY scripts/seed_ensemble.py --runs "$RUNS" --variant "$ENSEMBLE" --seeds "$(echo $ENS_SEEDS | tr ' ' ,)" \
         --data "$REC" --report "$OUT/work/ensemble" $LOOK 2>&1 | tail -30
 fi
+for v in ${INFO_ENSEMBLES:-}; do  # validation only, for information (no test look): a folder of their own
+    mkdir -p "$OUT/work/ensemble-info"
+    echo "validation-only ensemble of $v; t=$(( $(date +%s) - T0 )) s"
+    timeout ${INFO_LIMIT:-40} $PY scripts/seed_ensemble.py --runs "$RUNS" --variant "$v" --seeds "$(echo $ENS_SEEDS | tr ' ' ,)" \
+        --data "$REC" --report "$OUT/work/ensemble-info" 2>&1 | tail -12
+done
 kill $MON 2>/dev/null
 # one archive: the tables, the ensemble's report files and every run's metrics, results and config
-(cd "$RUNS" && cp -r "$OUT/work/table" "$OUT/work/ensemble" . 2>/dev/null; \
- tar czf "$OUT/results.tgz" table ensemble ensemble-*/ensemble.json */metrics.csv */results.json */config.yaml 2>/dev/null)
+(cd "$RUNS" && cp -r "$OUT/work/table" "$OUT/work/ensemble" "$OUT/work/ensemble-info" . 2>/dev/null; \
+ tar czf "$OUT/results.tgz" table ensemble ensemble-info ensemble-*/ensemble.json */metrics.csv */results.json */config.yaml 2>/dev/null)
 for f in "$OUT"/work/log-*.txt; do echo "== $f"; tail -15 "$f"; done > "$OUT/logs.txt"
 cat "$OUT/work/exits.txt" >> "$OUT/logs.txt"
 rm -rf "$OUT/work"
