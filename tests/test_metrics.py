@@ -345,3 +345,15 @@ def test_paired_bootstrap_difference_refuses_what_it_cannot_do():
         bootstrap_difference_ci(macro_f1, y, y, y[:3])
     with pytest.raises(ValueError, match="n_boot"):
         bootstrap_difference_ci(macro_f1, y, y, y, n_boot=0)
+
+
+def test_scores_in_logs_are_cut_never_rounded_up():
+    """One formatter for every printed score: 0.79306 shows as 0.7930 (rounding would show 0.7931, a gain that is not there)."""
+    from ecgtl.evaluate.metrics import fmt
+    from ecgtl.experiments.report import fmt as report_fmt
+    from ecgtl.train.engine import _shown
+
+    assert report_fmt is fmt
+    assert fmt(0.79306, digits=4) == "0.7930" and fmt(0.99996, digits=4) == "0.9999"
+    assert _shown("val_macro_f1", 0.79306) == "0.7930" and _shown("val_auroc_A", 0.99996) == "0.9999"
+    assert _shown("train_loss", 0.12346) == "0.1235" and _shown("step", 145) == "145"  # losses are not scores

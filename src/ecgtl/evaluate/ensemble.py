@@ -218,7 +218,7 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
     from ecgtl.evaluate.calibration import fit_class_bias
     from ecgtl.evaluate.commands import checkpoint_list, classify_folder
     from ecgtl.evaluate.inference import Ensemble, find_card, write_predictions
-    from ecgtl.evaluate.metrics import classification_report
+    from ecgtl.evaluate.metrics import classification_report, fmt
     from ecgtl.fileio import atomic_write
 
     paths = checkpoint_list(checkpoints)
@@ -286,15 +286,15 @@ def run_ensemble(checkpoints: list[str], out: str | os.PathLike, data: str | Non
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions_val.csv", kept, y, probs)
     atomic_write(out / ENSEMBLE_FILE, json.dumps(doc, indent=1) + "\n")
-    print(f"ensemble of {len(cards)} models on {len(kept)} validation records: macro-F1 {plain['macro_f1']:.4f} "
-          f"(members {', '.join(f'{f:.4f}' for f in member_f1)})")
+    print(f"ensemble of {len(cards)} models on {len(kept)} validation records: macro-F1 {fmt(plain['macro_f1'], digits=4)} "
+          f"(members {', '.join(fmt(f, digits=4) for f in member_f1)})")
     if shifts is not None:
-        print(f"test-time shifts {','.join(map(str, shifts))} samples: macro-F1 {plain['macro_f1']:.4f} with them, "
-              f"{validation['macro_f1_without_shifts']:.4f} without")
+        print(f"test-time shifts {','.join(map(str, shifts))} samples: macro-F1 {fmt(plain['macro_f1'], digits=4)} with them, "
+              f"{fmt(validation['macro_f1_without_shifts'], digits=4)} without")
     if calibrate:
         c = validation["calibration"]
         print(f"class biases {', '.join(f'{b:+.1f}' for b in c['fitted_bias'])}: macro-F1 cross-fitted "
-              f"{c['macro_f1_cross_fitted']:.4f} +- {c['macro_f1_cross_fitted_std']:.4f} -> "
+              f"{fmt(c['macro_f1_cross_fitted'], digits=4)} +- {fmt(c['macro_f1_cross_fitted_std'], digits=4)} -> "
               + ("kept" if c["kept"] else "not kept (no gain over the uncalibrated ensemble)"))
     print(f"wrote {out / ENSEMBLE_FILE}")
     return doc

@@ -29,7 +29,6 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,6 +36,7 @@ import numpy as np
 
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.errors import DataError
+from ecgtl.evaluate.metrics import fmt  # scores are cut, never rounded up (re-exported for the scripts)
 from ecgtl.experiments.results import CLASS_COLUMN, SCORES, TIMING_COLUMNS, TRAINING, parse_curve, read_results
 from ecgtl.fileio import atomic_write
 
@@ -343,15 +343,6 @@ def compare_cells(pre: dict, rnd: dict, column: str) -> Paired:
 
 
 # --- formatting ---------------------------------------------------------------------------
-
-
-def fmt(x: float | None, signed: bool = False, digits: int = 3) -> str:
-    """``x`` cut (toward zero, never rounded up) to ``digits`` decimals; "n/a" for a missing value."""
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    d = Decimal(f"{x:.9f}").quantize(Decimal(1).scaleb(-digits), rounding=ROUND_DOWN)  # 9 decimals first: 0.15 / 3 is 0.050
-    text = f"{d:f}"
-    return f"+{text}" if signed and not text.startswith("-") else text
 
 
 def fmt_p(p: float) -> str:

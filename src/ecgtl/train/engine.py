@@ -41,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ecgtl.errors import ConfigError, DataError, TrainingDiverged
+from ecgtl.evaluate.metrics import fmt
 from ecgtl.fileio import atomic_write, file_sha256
 from ecgtl.models.card import save_weights
 from ecgtl.runtime import unwrap
@@ -145,6 +146,13 @@ def _content_digest(obj, h=None) -> str:
     else:
         h.update(repr(obj).encode())
     return h.hexdigest()
+
+
+def _shown(key: str, value) -> str:
+    """A metrics row's value for the round log: scores (F1, AUROC) cut to 4 decimals, never rounded up; losses as ``:.4f``."""
+    if not isinstance(value, float):
+        return f"{value}"
+    return fmt(value, digits=4) if ("f1" in key or "auroc" in key) else f"{value:.4f}"
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -463,6 +471,5 @@ class Trainer:
             _atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT_FILE)
             self._settle_pending_best()
             self._tensorboard(row)
-            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                              if k not in ("round", "lr", "train_seconds"))
+            shown = ", ".join(f"{k} {_shown(k, v)}" for k, v in row.items() if k not in ("round", "lr", "train_seconds"))
             tqdm.write(f"round {r + 1}/{self.rounds}: {shown} ({row['train_seconds']:.0f} s)")

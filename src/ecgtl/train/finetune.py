@@ -43,7 +43,7 @@ from ecgtl.data.transforms import PAPER_CINC, Normalization
 from ecgtl.errors import ConfigError, DataError
 from ecgtl.evaluate.calibration import biased_probabilities, fit_class_bias
 from ecgtl.evaluate.inference import inference_dataset, predict_dataset, write_predictions
-from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_class, format_report, macro_f1
+from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_class, fmt, format_report, macro_f1
 from ecgtl.fileio import atomic_write
 from ecgtl.models import apply_conv_layout, create_model
 from ecgtl.models.card import load_weights, model_from_card, write_card
@@ -473,7 +473,7 @@ def _write_outputs(cfg: FinetuneConfig, data: FinetuneData, out: Path, device: t
                                     source=out / BEST_FILE, pooling=cfg.pooling)
         bias, val_f1 = fit_class_bias(val_probs, data.labels["val"])
         print(f"calibration on {len(val_probs)} validation records: class biases {np.round(bias, 2).tolist()}, "
-              f"validation macro-F1 {macro_f1(data.labels['val'], val_probs.argmax(1), NUM_CLASSES):.3f} -> {val_f1:.3f}")
+              f"validation macro-F1 {fmt(macro_f1(data.labels['val'], val_probs.argmax(1), NUM_CLASSES))} -> {fmt(val_f1)}")
         fields["class_bias"] = bias.tolist()
     write_card(out / "model.json", out / BEST_FILE, expected_sha256=state.best_sha256 or None, **fields)
     results = {"best_round": state.best_round, "selected_on": _selected_on(data), "rounds_run": state.round,
