@@ -29,7 +29,9 @@
 # cut at its limit still says how far it got. What comes back (the tool returns at most 8 files):
 # results.tgz (the tables, the ensemble's report files, every run's metrics.csv / results.json /
 # config.yaml, partial ones too), logs.txt, monitor.txt, machine.txt.
-# Measured on one H200 (session 12): 4 batch-32 and 2 batch-16 runs side by side ended 186 s and
+# Measured on one H200 (session 13): 5 depth-34 runs side by side ended 265 s after the call's start;
+# 10 batch-32 runs (5 of them with a weight EMA) 254-290 s, then the 10-member ensemble's validation
+# 23 s. Session 12: 4 batch-32 and 2 batch-16 runs side by side ended 186 s and
 # 228-232 s after the call's start (set-up and data loading included); seeds 2-4 of the batch-16
 # winner then took 183 s side by side, the ensemble's validation scoring 20 s; the whole call 442 s.
 # Session 10: 7 full-width runs side by side ended 181-227 s after the call's
