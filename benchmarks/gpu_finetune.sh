@@ -29,7 +29,7 @@
 # cut at its limit still says how far it got. What comes back (the tool returns at most 8 files):
 # results.tgz (the tables, the ensemble's report files, every run's metrics.csv / results.json /
 # config.yaml, partial ones too), logs.txt, monitor.txt, machine.txt.
-# Measured on one H200 (session 13): 5 depth-34 runs side by side ended 265 s after the call's start;
+# Measured on one H200 (session 13, logs-session13-call*.txt): 5 depth-34 runs side by side exited 265 s after the start;
 # 10 batch-32 runs (5 of them with a weight EMA) 254-290 s, then the 10-member ensemble's validation
 # 23 s. Session 12: 4 batch-32 and 2 batch-16 runs side by side ended 186 s and
 # 228-232 s after the call's start (set-up and data loading included); seeds 2-4 of the batch-16
@@ -86,7 +86,8 @@ monitor() {  # epochs done per run (rows of metrics.csv) and the GPU's use, ever
 monitor & MON=$!
 
 train() {  # train "variant:seed ..." side by side, each cut at LIMIT s (less if DEADLINE is near); finished runs are skipped
-    local lim=$(( DEADLINE - ${SCORE_LIMIT:-120} - 30 - ($(date +%s) - T0) ))
+    local n_info=$(echo ${INFO_ENSEMBLES:-} | wc -w)
+    local lim=$(( DEADLINE - ${SCORE_LIMIT:-120} - n_info * ${INFO_LIMIT:-40} - 30 - ($(date +%s) - T0) ))
     [ $lim -gt ${LIMIT:-300} ] && lim=${LIMIT:-300}
     [ $lim -lt 30 ] && { echo "no time left to train $1 (DEADLINE $DEADLINE s)"; return; }
     for job in $1; do

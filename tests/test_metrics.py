@@ -356,4 +356,21 @@ def test_scores_in_logs_are_cut_never_rounded_up():
     assert report_fmt is fmt
     assert fmt(0.79306, digits=4) == "0.7930" and fmt(0.99996, digits=4) == "0.9999"
     assert _shown("val_macro_f1", 0.79306) == "0.7930" and _shown("val_auroc_A", 0.99996) == "0.9999"
+    assert _shown("val_accuracy", 0.99996) == "0.9999" and _shown("val_majority_accuracy", 0.79306) == "0.7930"
     assert _shown("train_loss", 0.12346) == "0.1235" and _shown("step", 145) == "145"  # losses are not scores
+
+
+def test_no_score_is_formatted_with_rounding_in_the_sources():
+    """A guard over the source text: no f-string in src/ or scripts/ formats an F1, AUROC or accuracy with ``:.Nf``
+    (which rounds up); they go through :func:`ecgtl.evaluate.metrics.fmt`. Timings named after a score are not scores."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rounded = re.compile(r"\{([^{}]*(?:f1|auroc|macro|accuracy)[^{}]*):[+ ]?\.\d+f\}", re.IGNORECASE)
+    found = [f"{path.relative_to(root)}:{n}: {line.strip()}"
+             for folder in ("src", "scripts") for path in sorted((root / folder).rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             for m in rounded.finditer(line) if "seconds" not in m.group(1)]
+    assert not found, "scores formatted with rounding:\n" + "\n".join(found)
+    assert rounded.search("{val_f1:.3f}") and rounded.search("{c['macro_f1_cross_fitted']:.4f}")  # the pattern catches them

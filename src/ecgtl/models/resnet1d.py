@@ -4,11 +4,11 @@ Input ``(B, in_chans, T)``: ``T`` in samples (250 Hz in the study: 512-4,096 sam
 pre-training frames, 16,384 for a CinC 2017 record). The network is fully convolutional
 and ends with global average pooling, so any ``T >= 1`` works; every stride-2 layer maps
 ``T -> ceil(T / 2)``, so the last feature map has ``ceil(T / 32)`` time steps (``ceil(T / 64)`` for
-``resnet18_preact_stem4``, whose stem conv has stride 4: ``feature_stride``).
+``resnet18_preact_stem4`` and ``resnet34_preact_stem4``, whose stem conv has stride 4: ``feature_stride``).
 
 Layout (``w`` = width multiplier, channels ``max(8, round(c * w))``, see :func:`scale_channels`)::
 
-    stem    conv k7 s2 (64w; s4 in resnet18_preact_stem4) [+ BN + ReLU, post-act only] -> max-pool 3 s2
+    stem    conv k7 s2 (64w; s4 in resnet*_preact_stem4) [+ BN + ReLU, post-act only] -> max-pool 3 s2
     stage1  64w  kernel 7  stride 1
     stage2  128w kernel 5  stride 2 (first block)
     stage3  256w kernel 5  stride 2 (first block)
@@ -69,6 +69,7 @@ __all__ = [
     "resnet18_preact_stem4",
     "resnet34_postact",
     "resnet34_preact",
+    "resnet34_preact_stem4",
     "resnet50_postact",
     "resnet50_preact",
     "scale_channels",

@@ -148,11 +148,15 @@ def _content_digest(obj, h=None) -> str:
     return h.hexdigest()
 
 
+SCORE_KEYS = ("f1", "auroc", "accuracy")  # metrics columns holding a score, as opposed to a loss or a speed
+
+
 def _shown(key: str, value) -> str:
-    """A metrics row's value for the round log: scores (F1, AUROC) cut to 4 decimals, never rounded up; losses as ``:.4f``."""
+    """A metrics row's value for the round log: scores (F1, AUROC, accuracy) cut to 4 decimals, never rounded up;
+    losses and speeds as ``:.4f``."""
     if not isinstance(value, float):
         return f"{value}"
-    return fmt(value, digits=4) if ("f1" in key or "auroc" in key) else f"{value:.4f}"
+    return fmt(value, digits=4) if any(s in key for s in SCORE_KEYS) else f"{value:.4f}"
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
