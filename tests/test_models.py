@@ -31,7 +31,8 @@ def _backbone_params(model: torch.nn.Module) -> int:
 
 def test_registry_lists_all_models():
     assert list_models() == sorted(MODELS_1D + MODELS_2D + ["resnet18_postact_2d_stft", "resnet18_preact_2d_stft",
-                                                             "resnet18_preact_stem4", "resnet34_preact_stem4"])
+                                                             "resnet18_preact_antialiased", "resnet18_preact_stem4",
+                                                             "resnet34_preact_stem4"])
     assert list_models("resnet*_preact") == ["resnet18_preact", "resnet34_preact", "resnet50_preact"]
 
 
@@ -58,7 +59,8 @@ def test_unknown_model_and_bad_arguments_raise_config_error():
         create_model("resnet18_postact", width=0)
 
 
-@pytest.mark.parametrize("name", MODELS_1D + MODELS_2D + ["resnet18_preact_stem4", "resnet34_preact_stem4"])
+@pytest.mark.parametrize("name", MODELS_1D + MODELS_2D + ["resnet18_preact_antialiased", "resnet18_preact_stem4",
+                                  "resnet34_preact_stem4"])
 def test_create_model_output_and_feature_shapes(name):
     model = create_model(name, num_classes=3, width=SMALL).eval()
     expansion = 4 if name.startswith("resnet50") else 1
@@ -75,6 +77,7 @@ def test_create_model_output_and_feature_shapes(name):
 
 
 @pytest.mark.parametrize("name, stride", [("resnet18_postact", 32), ("resnet18_preact", 32), ("resnet18_preact_stem4", 64),
+                                          ("resnet18_preact_antialiased", 32),
                                           ("resnet34_preact_stem4", 64)])
 def test_1d_models_accept_any_length(name, stride):
     model = create_model(name, num_classes=4, width=SMALL).eval()
@@ -389,3 +392,63 @@ def test_compile_setting_is_true_false_or_auto_and_auto_means_cuda_only():
         load_config(PretrainConfig, None, "pretrain", ["compile=maybe"])
     with pytest.raises(ConfigError, match="conv_layout"):
         load_config(FinetuneConfig, None, "finetune", ["conv_layout=3d"])
+
+
+def test_blur_pool_passes_the_mean_stops_the_nyquist_frequency_and_keeps_centres():
+    """BlurPool: [1, 2, 1] / 4 then stride 2: DC gain 1, zero at half the sampling rate, output i centred on input 2i."""
+    from ecgtl.models.resnet1d import BlurPool
+
+    blur = BlurPool(3)
+    assert blur.state_dict() == {}  # a constant, not a parameter: state dicts keep their keys
+    for length in (8, 9, 63, 64):
+        assert blur(torch.zeros(1, 3, length)).shape == (1, 3, math.ceil(length / 2))
+    constant = blur(torch.full((1, 3, 32), 2.0))
+    torch.testing.assert_close(constant[..., 1:], torch.full((1, 3, 15), 2.0))  # step 0 sees the zero padding
+    alternating = blur(torch.tensor([1.0, -1.0] * 16).expand(1, 3, 32))
+    torch.testing.assert_close(alternating[..., 1:], torch.zeros(1, 3, 15))  # a plain stride 2 would keep all +1s
+    impulse = torch.zeros(1, 3, 33)
+    impulse[..., 20] = 1.0
+    assert int(blur(impulse)[0, 0].argmax()) == 10
+    assert BlurPool(2, spatial_dims=2)(torch.ones(1, 2, 9, 17)).shape == (1, 2, 5, 9)
+    two_d = BlurPool(2, spatial_dims=2)(torch.ones(1, 2, 8, 16))  # even sizes: only the first row and column see padding
+    torch.testing.assert_close(two_d[..., 1:, 1:], torch.ones(1, 2, 3, 7))
+
+
+def test_the_antialiased_model_keeps_the_weights_layout_lengths_and_conv2d_layout():
+    """resnet18_preact_antialiased: resnet18_preact's state dict (an init or card loads across), the same lengths."""
+    torch.manual_seed(0)
+    base = create_model("resnet18_preact", num_classes=4, width=SMALL).eval()
+    aa = create_model("resnet18_preact_antialiased", num_classes=4, width=SMALL).eval()
+    assert {k: v.shape for k, v in aa.state_dict().items()} == {k: v.shape for k, v in base.state_dict().items()}
+    aa.load_state_dict(base.state_dict())
+    assert aa.anti_alias and not base.anti_alias and aa.feature_stride == base.feature_stride == 32
+    assert aa.stem.conv.stride == (1,) and aa.stem.pool.stride == 1
+    with torch.no_grad():
+        for length in (4096, 777, 63):
+            x = torch.randn(2, 1, length)
+            assert aa.forward_feature_maps(x).shape == base.forward_feature_maps(x).shape
+        x = torch.randn(2, 1, 2048)
+        plain_layout = aa(x)
+        torch.testing.assert_close(aa.use_conv2d_layout(True)(x), plain_layout, rtol=1e-4, atol=1e-5)
+        aa.use_conv2d_layout(False)
+    with pytest.raises(ConfigError, match="part of the model's name"):
+        create_model("resnet18_preact", width=SMALL, anti_alias=True)
+
+
+def test_antialiased_features_move_less_when_the_input_shifts_by_a_few_samples():
+    """The reason for the option: with the same weights, shifting the input by 1-31 samples moves the
+    pooled features of the anti-aliased network less than half as much as those of the plain one."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        base = create_model("resnet18_preact", num_classes=0, width=SMALL).eval()
+        aa = create_model("resnet18_preact_antialiased", num_classes=0, width=SMALL).eval()
+        aa.load_state_dict(base.state_dict())
+        x = torch.randn(4, 1, 4096 + 32)
+
+        def moved(model):
+            with torch.no_grad():
+                f0 = model(x[..., :4096])
+                return float(torch.stack([(model(x[..., k:4096 + k]) - f0).norm(dim=1) / f0.norm(dim=1)
+                                          for k in range(1, 32)]).mean())
+
+        assert moved(aa) < 0.5 * moved(base), seed
