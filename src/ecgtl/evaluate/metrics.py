@@ -525,16 +525,15 @@ def classification_report(
     }
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
 def _fmt_ci(ci: Sequence[float] | None) -> str:
-    return "" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    return "" if ci is None else f"[{fmt(ci[0], digits=4)}, {fmt(ci[1], digits=4)}]"
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A plain-text table of a :func:`classification_report` dict, for the terminal or a log."""
+    """A plain-text table of a :func:`classification_report` dict, for the terminal or a log.
+
+    Scores are cut to 4 decimals (:func:`fmt`), never rounded up; the dict keeps the exact values.
+    """
     names = report["classes"]
     boot = report.get("bootstrap") or {}
     level = boot.get("level", 0.95)
@@ -552,14 +551,14 @@ def format_report(report: dict[str, Any]) -> str:
     for label, value, ci in summary:
         if label.startswith("challenge") and value is None:
             continue
-        lines.append(f"{label:<24}{_fmt(value):>8}  {_fmt_ci(ci)}".rstrip())
+        lines.append(f"{label:<24}{fmt(value, digits=4):>8}  {_fmt_ci(ci)}".rstrip())
     lines.append("")
 
     width = max(7, *(len(n) + 2 for n in names))
     lines.append(f"{'class':<{width}}{'support':>9}{'F1':>9}{'AUROC':>9}")
     for name in names:
         lines.append(
-            f"{name:<{width}}{report['support'][name]:>9d}{_fmt(report['f1'][name]):>9}{_fmt(report['auroc'][name]):>9}"
+            f"{name:<{width}}{report['support'][name]:>9d}{fmt(report['f1'][name], digits=4):>9}{fmt(report['auroc'][name], digits=4):>9}"
         )
     lines.append("")
 
