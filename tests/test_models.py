@@ -32,7 +32,7 @@ def _backbone_params(model: torch.nn.Module) -> int:
 def test_registry_lists_all_models():
     assert list_models() == sorted(MODELS_1D + MODELS_2D + ["resnet18_postact_2d_stft", "resnet18_preact_2d_stft",
                                                              "resnet18_preact_antialiased", "resnet18_preact_stem4",
-                                                             "resnet34_preact_stem4"])
+                                                             "resnet18_preact_stem4_antialiased", "resnet34_preact_stem4"])
     assert list_models("resnet*_preact") == ["resnet18_preact", "resnet34_preact", "resnet50_preact"]
 
 
@@ -60,7 +60,7 @@ def test_unknown_model_and_bad_arguments_raise_config_error():
 
 
 @pytest.mark.parametrize("name", MODELS_1D + MODELS_2D + ["resnet18_preact_antialiased", "resnet18_preact_stem4",
-                                  "resnet34_preact_stem4"])
+                                  "resnet18_preact_stem4_antialiased", "resnet34_preact_stem4"])
 def test_create_model_output_and_feature_shapes(name):
     model = create_model(name, num_classes=3, width=SMALL).eval()
     expansion = 4 if name.startswith("resnet50") else 1
@@ -77,7 +77,7 @@ def test_create_model_output_and_feature_shapes(name):
 
 
 @pytest.mark.parametrize("name, stride", [("resnet18_postact", 32), ("resnet18_preact", 32), ("resnet18_preact_stem4", 64),
-                                          ("resnet18_preact_antialiased", 32),
+                                          ("resnet18_preact_antialiased", 32), ("resnet18_preact_stem4_antialiased", 64),
                                           ("resnet34_preact_stem4", 64)])
 def test_1d_models_accept_any_length(name, stride):
     model = create_model(name, num_classes=4, width=SMALL).eval()
@@ -433,6 +433,9 @@ def test_the_antialiased_model_keeps_the_weights_layout_lengths_and_conv2d_layou
         aa.use_conv2d_layout(False)
     with pytest.raises(ConfigError, match="part of the model's name"):
         create_model("resnet18_preact", width=SMALL, anti_alias=True)
+    stem4 = create_model("resnet18_preact_stem4_antialiased", num_classes=4, width=SMALL)
+    assert stem4.state_dict().keys() == base.state_dict().keys() and stem4.feature_stride == 64
+    assert [type(m).__name__ for m in stem4.stem] == ["Conv1d", "BlurPool", "BlurPool", "MaxPool1d", "BlurPool"]
 
 
 def test_antialiased_features_move_less_when_the_input_shifts_by_a_few_samples():

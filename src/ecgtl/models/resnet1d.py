@@ -70,6 +70,7 @@ __all__ = [
     "resnet18_preact",
     "resnet18_preact_antialiased",
     "resnet18_preact_stem4",
+    "resnet18_preact_stem4_antialiased",
     "resnet34_postact",
     "resnet34_preact",
     "resnet34_preact_stem4",
@@ -708,6 +709,18 @@ def resnet18_preact_antialiased(**kwargs) -> ResNet:
     """
     return _resnet1d((2, 2, 2, 2), "basic", preact=True, anti_alias=True,
                      **_fixed_stem("resnet18_preact_antialiased", kwargs))
+
+
+@register_model()
+def resnet18_preact_stem4_antialiased(**kwargs) -> ResNet:
+    """:func:`resnet18_preact_stem4` (stride-4 stem, for 250 Hz) with anti-aliased subsampling.
+
+    The stem conv runs at stride 1 and two :class:`BlurPool` steps take its stride of 4; the rest as
+    in :func:`resnet18_preact_antialiased`. The same state-dict keys as ``resnet18_preact``;
+    ``feature_stride`` 64.
+    """
+    return _resnet1d((2, 2, 2, 2), "basic", preact=True, stem_stride=4, anti_alias=True,
+                     **_fixed_stem("resnet18_preact_stem4_antialiased", kwargs))
 
 
 @register_model(aliases=("resnet34v2",))
