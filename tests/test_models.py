@@ -455,3 +455,57 @@ def test_antialiased_features_move_less_when_the_input_shifts_by_a_few_samples()
                                           for k in range(1, 32)]).mean())
 
         assert moved(aa) < 0.5 * moved(base), seed
+
+
+@pytest.mark.parametrize("block, preact, spatial_dims", [("basic", True, 1), ("basic", False, 1), ("bottleneck", True, 1),
+                                                         ("bottleneck", False, 1), ("basic", True, 2)])
+def test_every_strided_layer_of_an_antialiased_network_subsamples_through_a_blur(block, preact, spatial_dims):
+    """anti_alias=True: no conv or max-pool keeps a stride > 1; one BlurPool per factor of 2, shortcut included;
+    the same state-dict keys and shapes, and the same output sizes, as the plain network."""
+    from ecgtl.models.resnet1d import BlurPool, ResNet
+
+    def build(anti_alias):
+        torch.manual_seed(0)
+        return ResNet((1, 1, 1, 1), block=block, preact=preact, num_classes=4, width=SMALL, spatial_dims=spatial_dims,
+                      kernel_sizes=(3, 3, 3, 3), anti_alias=anti_alias).eval()
+
+    plain, aa = build(False), build(True)
+    strided = lambda m: [n for n, x in m.named_modules()  # noqa: E731
+                         if isinstance(x, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.MaxPool1d, torch.nn.MaxPool2d))
+                         and not isinstance(x, BlurPool) and max(torch.nn.modules.utils._ntuple(spatial_dims)(x.stride)) > 1]
+    assert len(strided(plain)) == 2 + 2 * 3  # the stem conv and pool; per stage 2-4 the main conv and the shortcut
+    assert strided(aa) == []
+    assert sum(isinstance(m, BlurPool) for m in aa.modules()) == 2 + 2 * 3
+    assert {k: v.shape for k, v in aa.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    x = torch.randn(2, 1, 37, 301) if spatial_dims == 2 else torch.randn(2, 1, 301)
+    with torch.no_grad():
+        assert aa.forward_feature_maps(x).shape == plain.forward_feature_maps(x).shape
+        assert aa(x).shape == (2, 4)
+
+
+def test_the_stride4_antialiased_model_in_the_conv2d_layout_gives_the_same_outputs():
+    """The GPU preset's candidate runs in the (1, k) conv2d layout on CUDA: its outputs must not change with the layout."""
+    torch.manual_seed(0)
+    model = create_model("resnet18_preact_stem4_antialiased", num_classes=4, width=SMALL).eval()
+    x = torch.randn(2, 1, 4096)
+    with torch.no_grad():
+        plain_layout = model(x)
+        torch.testing.assert_close(model.use_conv2d_layout(True)(x), plain_layout, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, plain, width, length", [("resnet18_preact_antialiased", "resnet18_preact", 0.25, 8192),
+                                                        ("resnet18_preact_antialiased", "resnet18_preact", 1.0, 8192),
+                                                        ("resnet18_preact_stem4_antialiased", "resnet18_preact_stem4", 1.0, 16384)])
+def test_antialiased_training_flops_are_112_percent_of_the_plain_network(name, plain, width, length):
+    """The cost the docs quote: one training step (forward + backward) of an anti-aliased ResNet-18v2 counts
+    1.12x (cut) the FLOPs of the plain one (torch.utils.flop_counter; on 2 CPU cores it takes 1.24-1.26x the
+    time per step, reports/bench_antialias_cpu.json)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def train_flops(model_name):
+        model = create_model(model_name, num_classes=4, width=width).train()
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, 1, length)).sum().backward()
+        return counter.get_total_flops()
+
+    assert 1.12 <= train_flops(name) / train_flops(plain) < 1.13

@@ -4,7 +4,8 @@ Input ``(B, in_chans, T)``: ``T`` in samples (250 Hz in the study: 512-4,096 sam
 pre-training frames, 16,384 for a CinC 2017 record). The network is fully convolutional
 and ends with global average pooling, so any ``T >= 1`` works; every stride-2 layer maps
 ``T -> ceil(T / 2)``, so the last feature map has ``ceil(T / 32)`` time steps (``ceil(T / 64)`` for
-``resnet18_preact_stem4`` and ``resnet34_preact_stem4``, whose stem conv has stride 4: ``feature_stride``).
+``resnet18_preact_stem4``, ``resnet34_preact_stem4`` and ``resnet18_preact_stem4_antialiased``, whose stem
+has stride 4: ``feature_stride``).
 
 Layout (``w`` = width multiplier, channels ``max(8, round(c * w))``, see :func:`scale_channels`)::
 
@@ -14,6 +15,10 @@ Layout (``w`` = width multiplier, channels ``max(8, round(c * w))``, see :func:`
     stage3  256w kernel 5  stride 2 (first block)
     stage4  512w kernel 3  stride 2 (first block)
     [BN + ReLU, pre-act only] -> global average pool -> dropout -> head (Linear)
+
+``resnet*_antialiased`` (``anti_alias=True``) run every strided layer above at stride 1 and then, per
+factor of 2 of its stride, a ``[1, 2, 1] / 4`` low-pass and a stride of 2 (:class:`BlurPool`, Zhang
+2019); the same weights and lengths.
 
 Global pooling (``pooling``): ``"mean"`` averages every time step of the last feature map, the
 zero padding of a short input included; ``"masked"`` averages only the steps over real signal,
@@ -150,7 +155,9 @@ class BlurPool(nn.Module):
     ceil(T / 2))`` (2-D, a separable ``[1, 2, 1]`` filter on both axes); a 1-D network run in the
     (1, k) conv2d layout gives ``(B, C, 1, T)``, filtered along T only. Zero padding of 1, so output
     ``i`` is centred on input ``2 i``, as for the odd-kernel strided layers it replaces
-    (:func:`valid_feature_steps` holds). No parameters; the filter is a non-persistent buffer, so
+    (:func:`valid_feature_steps` holds). Zero padding where Zhang's code reflects: the first output
+    step (and the last, for an odd length) sees one zero, so it passes 3/4 of a constant there, as
+    the zero-padded convs around it do. No parameters; the filter is a non-persistent buffer, so
     the state dict has the same keys as without it.
     """
 
@@ -166,18 +173,18 @@ class BlurPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self.kernel.to(x.dtype)
-        if x.dim() == 3:
-            return F.conv1d(x, kernel, stride=2, padding=1, groups=self.channels)
-        if self.spatial_dims == 1:  # a 1-D network in the conv2d layout: (B, C, 1, T)
+        if self.spatial_dims == 2:
+            return F.conv2d(x, kernel, stride=2, padding=1, groups=self.channels)
+        if x.dim() == 4:  # a 1-D network in the conv2d layout: (B, C, 1, T)
             return F.conv2d(x, kernel.unsqueeze(2), stride=(1, 2), padding=(0, 1), groups=self.channels)
-        return F.conv2d(x, kernel, stride=2, padding=1, groups=self.channels)
+        return F.conv1d(x, kernel, stride=2, padding=1, groups=self.channels)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, taps={BLUR_TAPS}, stride=2"
 
 
-def _shortcut_blur(anti_alias: bool, stride: int, channels: int, spatial_dims: int) -> nn.Module:
-    """The low-pass a block's shortcut and main path subsample through (identity if not anti-aliased or stride 1)."""
+def _blur_if_strided(anti_alias: bool, stride: int, channels: int, spatial_dims: int) -> nn.Module:
+    """A :class:`BlurPool` where an anti-aliased block subsamples (its main path or its shortcut), else the identity."""
     return BlurPool(channels, spatial_dims) if anti_alias and stride > 1 else nn.Identity()
 
 
@@ -198,13 +205,13 @@ class BasicBlock(nn.Module):
         conv_stride = 1 if anti_alias else stride  # anti-aliased: the blur subsamples instead
         self.conv1 = _conv(spatial_dims, in_chs, channels, kernel_size, conv_stride)
         self.bn1 = norm(channels)
-        self.blur = _shortcut_blur(anti_alias, stride, channels, spatial_dims)
+        self.blur = _blur_if_strided(anti_alias, stride, channels, spatial_dims)
         self.conv2 = _conv(spatial_dims, channels, out_chs, kernel_size)
         self.bn2 = norm(out_chs)
         self.act = nn.ReLU(inplace=True)
         self.has_projection = in_chs != out_chs or stride > 1
         self.downsample = (
-            nn.Sequential(OrderedDict(blur=_shortcut_blur(anti_alias, stride, in_chs, spatial_dims),
+            nn.Sequential(OrderedDict(blur=_blur_if_strided(anti_alias, stride, in_chs, spatial_dims),
                                       conv=_conv(spatial_dims, in_chs, out_chs, 1, conv_stride), bn=norm(out_chs)))
             if self.has_projection
             else nn.Identity()
@@ -236,13 +243,13 @@ class Bottleneck(nn.Module):
         self.bn1 = norm(channels)
         self.conv2 = _conv(spatial_dims, channels, channels, kernel_size, conv_stride)
         self.bn2 = norm(channels)
-        self.blur = _shortcut_blur(anti_alias, stride, channels, spatial_dims)
+        self.blur = _blur_if_strided(anti_alias, stride, channels, spatial_dims)
         self.conv3 = _conv(spatial_dims, channels, out_chs, 1)
         self.bn3 = norm(out_chs)
         self.act = nn.ReLU(inplace=True)
         self.has_projection = in_chs != out_chs or stride > 1
         self.downsample = (
-            nn.Sequential(OrderedDict(blur=_shortcut_blur(anti_alias, stride, in_chs, spatial_dims),
+            nn.Sequential(OrderedDict(blur=_blur_if_strided(anti_alias, stride, in_chs, spatial_dims),
                                       conv=_conv(spatial_dims, in_chs, out_chs, 1, conv_stride), bn=norm(out_chs)))
             if self.has_projection
             else nn.Identity()
@@ -274,11 +281,11 @@ class PreActBasicBlock(nn.Module):
         self.bn1 = norm(in_chs)
         self.conv1 = _conv(spatial_dims, in_chs, channels, kernel_size, conv_stride)
         self.bn2 = norm(channels)
-        self.blur = _shortcut_blur(anti_alias, stride, channels, spatial_dims)
+        self.blur = _blur_if_strided(anti_alias, stride, channels, spatial_dims)
         self.conv2 = _conv(spatial_dims, channels, out_chs, kernel_size)
         self.act = nn.ReLU(inplace=True)  # acts on BN outputs only, never on the shortcut x
         self.has_projection = in_chs != out_chs or stride > 1
-        self.shortcut_blur = _shortcut_blur(anti_alias, stride, in_chs, spatial_dims)
+        self.shortcut_blur = _blur_if_strided(anti_alias, stride, in_chs, spatial_dims)
         self.downsample = _conv(spatial_dims, in_chs, out_chs, 1, conv_stride) if self.has_projection else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,11 +316,11 @@ class PreActBottleneck(nn.Module):
         self.bn2 = norm(channels)
         self.conv2 = _conv(spatial_dims, channels, channels, kernel_size, conv_stride)
         self.bn3 = norm(channels)
-        self.blur = _shortcut_blur(anti_alias, stride, channels, spatial_dims)
+        self.blur = _blur_if_strided(anti_alias, stride, channels, spatial_dims)
         self.conv3 = _conv(spatial_dims, channels, out_chs, 1)
         self.act = nn.ReLU(inplace=True)
         self.has_projection = in_chs != out_chs or stride > 1
-        self.shortcut_blur = _shortcut_blur(anti_alias, stride, in_chs, spatial_dims)
+        self.shortcut_blur = _blur_if_strided(anti_alias, stride, in_chs, spatial_dims)
         self.downsample = _conv(spatial_dims, in_chs, out_chs, 1, conv_stride) if self.has_projection else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -381,9 +388,10 @@ class ResNet(nn.Module):
             stride 1 and is followed (after its BN + ReLU where the block has one) by the low-pass
             and a stride of 2, the stem's max-pool runs at stride 1 before one, and each projection
             shortcut's 1x1 conv reads a low-passed input. The same parameters, state-dict keys,
-            output lengths and ``feature_stride``. The stem conv and the first conv of stages 2-4
-            compute every step: ResNet-18v2 trains with 1.12x (width 1) to 1.13x (width 0.25) the
-            FLOPs of the plain net on 8,192-sample inputs (``torch.utils.flop_counter``).
+            output lengths and ``feature_stride``. The stem conv and the strided conv of the first
+            block of stages 2-4 (``conv1`` of a basic block, ``conv2`` of a bottleneck) compute every
+            step: ResNet-18v2 trains with 1.12x the FLOPs of the plain net on 8,192-sample inputs at
+            width 0.25 and 1 (``torch.utils.flop_counter``; ``tests/test_models.py`` holds the figure).
 
     Attributes:
         num_features: length of the pooled feature vector (``scale_channels(512, width)``,
@@ -648,7 +656,7 @@ def _resnet1d(layers: Sequence[int], block: str, preact: bool, stem_stride: int 
     return ResNet(layers, block=block, preact=preact, spatial_dims=1, stem_stride=stem_stride, **kwargs)
 
 
-def _fixed_stem(name: str, kwargs: dict) -> dict:
+def _fixed_by_name(name: str, kwargs: dict) -> dict:
     """``kwargs`` without ``stem_stride`` or ``anti_alias``: the model's name fixes them, so that a card's architecture rebuilds the same network."""
     if "stem_stride" in kwargs:
         raise ConfigError(f"{name}: the stem stride is part of the model's name (resnet18_preact_stem4 has stride 4), "
@@ -662,25 +670,25 @@ def _fixed_stem(name: str, kwargs: dict) -> dict:
 @register_model(aliases=("resnet18",))
 def resnet18_postact(**kwargs) -> ResNet:
     """1-D ResNet-18, post-activation blocks of the authors' code (the paper's "ResNet-18v2" runs)."""
-    return _resnet1d((2, 2, 2, 2), "basic", preact=False, **_fixed_stem("resnet18_postact", kwargs))
+    return _resnet1d((2, 2, 2, 2), "basic", preact=False, **_fixed_by_name("resnet18_postact", kwargs))
 
 
 @register_model(aliases=("resnet34",))
 def resnet34_postact(**kwargs) -> ResNet:
     """1-D ResNet-34, post-activation blocks of the authors' code."""
-    return _resnet1d((3, 4, 6, 3), "basic", preact=False, **_fixed_stem("resnet34_postact", kwargs))
+    return _resnet1d((3, 4, 6, 3), "basic", preact=False, **_fixed_by_name("resnet34_postact", kwargs))
 
 
 @register_model(aliases=("resnet50",))
 def resnet50_postact(**kwargs) -> ResNet:
     """1-D ResNet-50 (bottleneck x4), post-activation blocks of the authors' code."""
-    return _resnet1d((3, 4, 6, 3), "bottleneck", preact=False, **_fixed_stem("resnet50_postact", kwargs))
+    return _resnet1d((3, 4, 6, 3), "bottleneck", preact=False, **_fixed_by_name("resnet50_postact", kwargs))
 
 
 @register_model(aliases=("resnet18v2",))
 def resnet18_preact(**kwargs) -> ResNet:
     """1-D ResNet-18v2, pre-activation blocks (He et al. 2016) with a final BN + ReLU."""
-    return _resnet1d((2, 2, 2, 2), "basic", preact=True, **_fixed_stem("resnet18_preact", kwargs))
+    return _resnet1d((2, 2, 2, 2), "basic", preact=True, **_fixed_by_name("resnet18_preact", kwargs))
 
 
 @register_model()
@@ -694,21 +702,22 @@ def resnet18_preact_stem4(**kwargs) -> ResNet:
     width 0.25 the stride-2 model lost much at 250 Hz (0.667 vs 0.758 validation macro-F1 at
     125 Hz, 15 epochs; ``reports/recipe-ablation``).
     """
-    return _resnet1d((2, 2, 2, 2), "basic", preact=True, stem_stride=4, **_fixed_stem("resnet18_preact_stem4", kwargs))
+    return _resnet1d((2, 2, 2, 2), "basic", preact=True, stem_stride=4, **_fixed_by_name("resnet18_preact_stem4", kwargs))
 
 
 @register_model()
 def resnet18_preact_antialiased(**kwargs) -> ResNet:
     """1-D ResNet-18v2 with anti-aliased subsampling (:class:`BlurPool`, Zhang 2019).
 
-    The same layers, state-dict keys and ``feature_stride`` (32) as :func:`resnet18_preact`, so a
-    card or an ``init`` backbone loads across; every stride-2 step low-passes with a ``[1, 2, 1] / 4``
+    The same layers, state-dict keys and ``feature_stride`` (32) as :func:`resnet18_preact`, so
+    either's state dict loads into the other (``load_state_dict``; an ``init`` card still rebuilds
+    its own architecture); every stride-2 step low-passes with a ``[1, 2, 1] / 4``
     filter before it keeps every second sample. Why: the plain network's output moves with a shift
     of the input by a few samples (at width 0.25 and 125 Hz, one member's validation macro-F1 spans
     0.745-0.769 over shifts of 0-28 samples; ``reports/recipe-ablation/shift-sensitivity-full.md``).
     """
     return _resnet1d((2, 2, 2, 2), "basic", preact=True, anti_alias=True,
-                     **_fixed_stem("resnet18_preact_antialiased", kwargs))
+                     **_fixed_by_name("resnet18_preact_antialiased", kwargs))
 
 
 @register_model()
@@ -720,13 +729,13 @@ def resnet18_preact_stem4_antialiased(**kwargs) -> ResNet:
     ``feature_stride`` 64.
     """
     return _resnet1d((2, 2, 2, 2), "basic", preact=True, stem_stride=4, anti_alias=True,
-                     **_fixed_stem("resnet18_preact_stem4_antialiased", kwargs))
+                     **_fixed_by_name("resnet18_preact_stem4_antialiased", kwargs))
 
 
 @register_model(aliases=("resnet34v2",))
 def resnet34_preact(**kwargs) -> ResNet:
     """1-D ResNet-34v2, pre-activation blocks with a final BN + ReLU."""
-    return _resnet1d((3, 4, 6, 3), "basic", preact=True, **_fixed_stem("resnet34_preact", kwargs))
+    return _resnet1d((3, 4, 6, 3), "basic", preact=True, **_fixed_by_name("resnet34_preact", kwargs))
 
 
 @register_model()
@@ -738,10 +747,10 @@ def resnet34_preact_stem4(**kwargs) -> ResNet:
     of the width-0.25 cpu preset at 125 Hz, with twice the blocks (16 against 8) and a longer
     receptive field. The 34-layer 1-D CNNs of the 2017 challenge's era (Hannun et al.) are this deep.
     """
-    return _resnet1d((3, 4, 6, 3), "basic", preact=True, stem_stride=4, **_fixed_stem("resnet34_preact_stem4", kwargs))
+    return _resnet1d((3, 4, 6, 3), "basic", preact=True, stem_stride=4, **_fixed_by_name("resnet34_preact_stem4", kwargs))
 
 
 @register_model(aliases=("resnet50v2",))
 def resnet50_preact(**kwargs) -> ResNet:
     """1-D ResNet-50v2 (bottleneck x4), pre-activation blocks with a final BN + ReLU."""
-    return _resnet1d((3, 4, 6, 3), "bottleneck", preact=True, **_fixed_stem("resnet50_preact", kwargs))
+    return _resnet1d((3, 4, 6, 3), "bottleneck", preact=True, **_fixed_by_name("resnet50_preact", kwargs))

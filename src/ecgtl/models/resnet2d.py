@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ecgtl.models.registry import register_model
-from ecgtl.models.resnet1d import ResNet, _fixed_stem
+from ecgtl.models.resnet1d import ResNet, _fixed_by_name
 
 __all__ = ["LogSpectrogram", "resnet18_postact_2d", "resnet18_postact_2d_stft", "resnet18_preact_2d", "resnet18_preact_2d_stft"]
 
@@ -52,25 +52,25 @@ _KERNEL_SIZES_2D = (3, 3, 3, 3)
 def resnet18_postact_2d(**kwargs) -> ResNet:
     """2-D ResNet-18 (torchvision-like post-activation basic blocks) for spectrograms ``(B, C, F, T)``."""
     kwargs.setdefault("kernel_sizes", _KERNEL_SIZES_2D)
-    return ResNet((2, 2, 2, 2), block="basic", preact=False, spatial_dims=2, **_fixed_stem("resnet18_postact_2d", kwargs))
+    return ResNet((2, 2, 2, 2), block="basic", preact=False, spatial_dims=2, **_fixed_by_name("resnet18_postact_2d", kwargs))
 
 
 @register_model(aliases=("resnet18v2_2d",))
 def resnet18_preact_2d(**kwargs) -> ResNet:
     """2-D ResNet-18v2 (pre-activation basic blocks, final BN + ReLU) for spectrograms ``(B, C, F, T)``."""
     kwargs.setdefault("kernel_sizes", _KERNEL_SIZES_2D)
-    return ResNet((2, 2, 2, 2), block="basic", preact=True, spatial_dims=2, **_fixed_stem("resnet18_preact_2d", kwargs))
+    return ResNet((2, 2, 2, 2), block="basic", preact=True, spatial_dims=2, **_fixed_by_name("resnet18_preact_2d", kwargs))
 
 
 @register_model(aliases=("resnet18_2d_stft",))
 def resnet18_postact_2d_stft(**kwargs) -> ResNet:
     """:func:`resnet18_postact_2d` on a log-magnitude STFT computed from raw ECG ``(B, 1, T)`` (the 2024 extension)."""
     kwargs.setdefault("kernel_sizes", _KERNEL_SIZES_2D)
-    return ResNet((2, 2, 2, 2), block="basic", preact=False, spatial_dims=2, input_transform=LogSpectrogram(), **_fixed_stem("resnet18_postact_2d_stft", kwargs))
+    return ResNet((2, 2, 2, 2), block="basic", preact=False, spatial_dims=2, input_transform=LogSpectrogram(), **_fixed_by_name("resnet18_postact_2d_stft", kwargs))
 
 
 @register_model(aliases=("resnet18v2_2d_stft",))
 def resnet18_preact_2d_stft(**kwargs) -> ResNet:
     """:func:`resnet18_preact_2d` on a log-magnitude STFT computed from raw ECG ``(B, 1, T)``."""
     kwargs.setdefault("kernel_sizes", _KERNEL_SIZES_2D)
-    return ResNet((2, 2, 2, 2), block="basic", preact=True, spatial_dims=2, input_transform=LogSpectrogram(), **_fixed_stem("resnet18_preact_2d_stft", kwargs))
+    return ResNet((2, 2, 2, 2), block="basic", preact=True, spatial_dims=2, input_transform=LogSpectrogram(), **_fixed_by_name("resnet18_preact_2d_stft", kwargs))
