@@ -192,7 +192,8 @@ class BasicBlock(nn.Module):
     """Post-activation basic block: conv-BN-ReLU, conv-BN, add shortcut, ReLU.
 
     Shape ``(B, in_chs, T) -> (B, channels, ceil(T / stride))``. The shortcut is a 1x1 conv + BN
-    when the channels or the stride change, else the identity.
+    when the channels or the stride change, else the identity. ``anti_alias`` with ``stride`` 2:
+    ``conv1`` at stride 1, a :class:`BlurPool` after its BN + ReLU, and one before the shortcut's conv.
     """
 
     expansion = 1
@@ -228,7 +229,8 @@ class Bottleneck(nn.Module):
     """Post-activation bottleneck: 1x1 conv, k-conv (with the stride), 1x1 conv to ``4 * channels``.
 
     Shape ``(B, in_chs, T) -> (B, 4 * channels, ceil(T / stride))``; BN after each conv, ReLU
-    after the first two and after the addition; shortcut as in :class:`BasicBlock`.
+    after the first two and after the addition; shortcut as in :class:`BasicBlock`. ``anti_alias``
+    with ``stride`` 2: ``conv2`` at stride 1, a :class:`BlurPool` after its BN + ReLU.
     """
 
     expansion = 4
@@ -268,6 +270,8 @@ class PreActBasicBlock(nn.Module):
 
     Shape ``(B, in_chs, T) -> (B, channels, ceil(T / stride))``. Where the shape changes, the
     shortcut is a 1x1 conv (no BN) applied to the pre-activated input, as in ResNetV2.
+    ``anti_alias`` with ``stride`` 2: ``conv1`` at stride 1, a :class:`BlurPool` after ``bn2`` + ReLU
+    (before ``conv2``), and one on the shortcut's input.
     """
 
     expansion = 1
@@ -300,7 +304,8 @@ class PreActBottleneck(nn.Module):
     """Pre-activation bottleneck: BN-ReLU-1x1, BN-ReLU-k-conv (with the stride), BN-ReLU-1x1 (x4).
 
     Shape ``(B, in_chs, T) -> (B, 4 * channels, ceil(T / stride))``; shortcut as in
-    :class:`PreActBasicBlock`.
+    :class:`PreActBasicBlock`. ``anti_alias`` with ``stride`` 2: ``conv2`` at stride 1, a
+    :class:`BlurPool` after ``bn3`` + ReLU (before ``conv3``).
     """
 
     expansion = 4
