@@ -465,9 +465,9 @@ class ResNet(nn.Module):
         if not preact:  # pre-act: the first block's BN-ReLU normalises the stem output
             stem["bn"] = _NORM[spatial_dims](stem_chs)
             stem["act"] = nn.ReLU(inplace=True)
-        if anti_alias:  # stride 2 (or 4) of the stem conv as one (or two) low-pass + subsample steps
-            for i in range(stem_stride // 2):
-                stem[f"conv_blur{i + 1}" if stem_stride > 2 else "conv_blur"] = BlurPool(stem_chs, spatial_dims)
+        if anti_alias:  # the stem conv's stride 2 (or 4) as one (or two) low-pass + subsample steps
+            for i in range(stem_stride.bit_length() - 1):  # log2 of the stride
+                stem[f"conv_blur{i + 1}"] = BlurPool(stem_chs, spatial_dims)
             stem["pool"] = _MAX_POOL[spatial_dims](kernel_size=3, stride=1, padding=1)
             stem["pool_blur"] = BlurPool(stem_chs, spatial_dims)
         else:
