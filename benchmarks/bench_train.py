@@ -5,7 +5,9 @@ the frames/s the sampler delivers from a real store, so the ratio says whether d
         [--archs resnet18_preact,resnet34_preact,resnet50_preact] [--frames 512,2048,4096] [--steps 3]
 
 Build the store first (``make pipeline`` or ``ecgtl pipeline --until cinc``). Writes
-benchmarks/results/bench_train.json.
+benchmarks/results/bench_train.json. Each row also gives its step time relative to the first of
+``--archs`` at the same width and frame size, measured in the same run (list an arch twice,
+interleaved, to see the run-to-run spread).
 """
 
 from __future__ import annotations
@@ -79,16 +81,21 @@ def main() -> int:
     have_store = (Path(args.store) / "manifest.json").is_file()
     if not have_store:
         print(f"no store at {args.store}: sampler throughput skipped (run `ecgtl pipeline --until cinc`)")
+    archs = args.archs.split(",")
     for frame in (int(f) for f in args.frames.split(",")):
         data = sampler_frames_per_s(args.store, frame) if have_store else None
-        for arch in args.archs.split(","):
-            for width in (float(w) for w in args.widths.split(",")):
+        for width in (float(w) for w in args.widths.split(",")):
+            first = None  # frames/s of the first arch listed, at this width and frame: the others' step times are relative to it
+            for arch in archs:
                 fps = model_frames_per_s(arch, width, frame, args.batch, args.steps, device, amp)
+                first = fps if first is None else first
                 row = {"arch": arch, "width": width, "frame_samples": frame, "train_frames_per_s": fps,
+                       "step_time_to_first_arch_ratio": first / fps,
                        "sampler_frames_per_s": data, "sampler_to_train_ratio": data / fps if data else None}
                 res["rows"].append(row)
                 ratio = f", sampler {data:,.0f}/s = {data / fps:,.0f}x the model" if data else ""
-                print(f"{arch:11s} width {width:<4} frame {frame:5d}: {fps:8.1f} frames/s{ratio}", flush=True)
+                print(f"{arch:11s} width {width:<4} frame {frame:5d}: {fps:8.1f} frames/s, "
+                      f"{first / fps:.3f}x the step time of {archs[0]}{ratio}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))

@@ -498,7 +498,7 @@ def test_the_stride4_antialiased_model_in_the_conv2d_layout_gives_the_same_outpu
                                                         ("resnet18_preact_stem4_antialiased", "resnet18_preact_stem4", 1.0, 16384)])
 def test_antialiased_training_flops_are_112_percent_of_the_plain_network(name, plain, width, length):
     """The cost the docs quote: one training step (forward + backward) of an anti-aliased ResNet-18v2 counts
-    1.12x (cut) the FLOPs of the plain one (torch.utils.flop_counter; on 2 CPU cores it takes 1.24-1.26x the
+    1.12x (cut) the FLOPs of the plain one (torch.utils.flop_counter; on 2 CPU cores it takes 1.25-1.26x the
     time per step, reports/bench_antialias_cpu.json)."""
     from torch.utils.flop_counter import FlopCounterMode
 
