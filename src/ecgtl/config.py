@@ -130,6 +130,12 @@ class FinetuneConfig:
     # labels; or a label file), mixed into the training loss: (1 - w) * CE(this label) + w * CE(the earlier one)
     prior_labels: str | None = None
     prior_label_weight: float = 0.0  # w above; 0 = off. A record whose label did not change has its plain loss
+    # knowledge distillation (Hinton et al. 2015): a teacher's class probabilities per training record, the
+    # predictions.csv of `ecgtl evaluate --records SPLITS:train` (e.g. of a seed ensemble), mixed into the training
+    # loss: (1 - w) * CE(label) + w * T^2 * CE(teacher's probabilities at temperature T, the model's logits / T)
+    distill_probs: str | None = None
+    distill_weight: float = 0.0  # w above; 0 = off
+    distill_temperature: float = 1.0  # T above: the teacher's log-probabilities and the model's logits are divided by it
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ema_decay: float = 0.0  # exponential moving average of the weights, evaluated and kept (0: off; e.g. 0.995)
     calibrate: bool = False  # per-class decision biases fitted on validation for macro-F1, stored in the card
@@ -174,6 +180,16 @@ class FinetuneConfig:
             raise ConfigError("prior_labels and prior_label_weight go together: set both (e.g. prior_labels=original "
                               f"prior_label_weight=0.3) or neither; got prior_labels={self.prior_labels!r}, "
                               f"prior_label_weight={self.prior_label_weight:g}")
+        _number("distill_weight", self.distill_weight, 0, 1, why="weight of the teacher's probabilities in the training target; 0 = off")
+        _number("distill_temperature", self.distill_temperature, 0.1, 20, why="softmax temperature of the distillation term")
+        if self.distill_probs is not None:
+            _text("distill_probs", self.distill_probs, "a predictions.csv of `ecgtl evaluate` on the training records")
+        if (self.distill_probs is None) != (self.distill_weight == 0):
+            raise ConfigError("distill_probs and distill_weight go together: set both (e.g. distill_probs=teacher/predictions.csv "
+                              f"distill_weight=0.5) or neither; got distill_probs={self.distill_probs!r}, "
+                              f"distill_weight={self.distill_weight:g}")
+        if self.distill_probs is not None and self.prior_labels is not None:
+            raise ConfigError("distill_probs and prior_labels are two alternative second targets: set one of them")
         if not isinstance(self.augment, AugmentConfig):
             raise ConfigError(f"augment must be a section of {', '.join(f.name for f in dataclasses.fields(AugmentConfig))}")
         _integer("split_seed", self.split_seed, 0, MAX_SEED)

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +72,7 @@ class FinetuneData:
     signals: dict[str, list[np.ndarray]]
     labels: dict[str, np.ndarray]  # class indices into CINC_CLASSES
     prior_labels: np.ndarray | None = None  # the training records' labels in an earlier release (cfg.prior_labels), or None
+    distill_probs: np.ndarray | None = None  # (n_train, NUM_CLASSES) a teacher's class probabilities (cfg.distill_probs), or None
 
 
 def read_labelled_records(cfg: FinetuneConfig, progress: bool = True) -> tuple[dict, Cinc2017]:
@@ -177,7 +181,8 @@ def prepare_data(cfg: FinetuneConfig, by_name: dict, splits: dict[str, list[str]
     print(f"data: {len(train_names)} train / {len(splits['val'])} val / {len(splits['test'])} test records at "
           f"{cfg.fs:g} Hz, normalisation mean {norm.mean:.4f} std {norm.std:.4f} mV ({time.perf_counter() - t0:.1f} s)")
     prior = read_prior_labels(cfg, train_names, labels["train"]) if cfg.prior_labels else None
-    return FinetuneData(splits, train_names, norm, signals, labels, prior)
+    teacher = read_distill_probs(cfg.distill_probs, train_names, labels["train"]) if cfg.distill_probs else None
+    return FinetuneData(splits, train_names, norm, signals, labels, prior, teacher)
 
 
 def prior_label_file(cfg: FinetuneConfig) -> Path:
@@ -209,11 +214,84 @@ def read_prior_labels(cfg: FinetuneConfig, train_names: list[str], labels: np.nd
     return out
 
 
-class _WithPriorLabel(torch.utils.data.Dataset):
-    """A training set whose items gain the record's earlier label: ``(*item, prior class index)``."""
+PROB_COLUMNS = tuple(f"p_{c}" for c in CINC_CLASSES)  # the class columns of ``ecgtl evaluate``'s predictions.csv
 
-    def __init__(self, ds: torch.utils.data.Dataset, prior: np.ndarray):
-        self.ds, self.prior = ds, prior
+
+def read_distill_probs(path: str | os.PathLike, train_names: list[str], labels: np.ndarray) -> np.ndarray:
+    """A teacher's class probabilities of ``train_names``, shape ``(len(train_names), NUM_CLASSES)``, from a predictions CSV.
+
+    The file is ``ecgtl evaluate``'s ``predictions.csv`` (columns ``record``, ``label``, ``p_N``,
+    ``p_A``, ``p_O``, ``p_~``) of the teacher on the run's training records (``--records
+    SPLITS:train``). A DataError names the file and the problem: no such file, a missing column or
+    training record, a record listed twice, a probability that is not finite or negative, a row that
+    does not sum to 1 (within 1e-3: the file has 6 decimals), or a ``label`` that is not the run's
+    (the teacher was scored with other labels). Rows of other records are ignored. Nothing here can
+    tell whether the teacher was fit on the run's validation records: make it from models that share
+    the run's validation records (none trained on them), or the validation scores are not honest.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, "no such file (distill_probs: a predictions.csv of `ecgtl evaluate` on the training records)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot be read as text: {e}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing_cols = [c for c in ("record", *PROB_COLUMNS) if c not in (reader.fieldnames or [])]
+    if missing_cols:
+        raise DataError(path, f"no column {', '.join(missing_cols)} (columns: {', '.join(reader.fieldnames or []) or 'none'}); "
+                              "expected a predictions.csv of `ecgtl evaluate`")
+    rows: dict[str, tuple[str, list[str]]] = {}
+    for line, row in enumerate(reader, start=2):
+        name = row["record"]
+        if name in rows:
+            raise DataError(path, f"line {line}: record {name} is listed twice")
+        rows[name] = ((row.get("label") or "").strip(), [row[c] for c in PROB_COLUMNS])
+    absent = [n for n in train_names if n not in rows]
+    if absent:
+        raise DataError(path, f"{len(absent)} of the {len(train_names)} training records have no probabilities here, e.g. {absent[0]}")
+    probs = np.empty((len(train_names), NUM_CLASSES))
+    for i, (name, y) in enumerate(zip(train_names, labels)):
+        label, values = rows[name]
+        try:
+            probs[i] = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise DataError(path, f"record {name}: probabilities {values} are not all numbers") from None
+        if not np.all(np.isfinite(probs[i])) or probs[i].min() < 0 or abs(probs[i].sum() - 1) > 1e-3:
+            raise DataError(path, f"record {name}: probabilities {values} are not finite, non-negative and summing to 1")
+        if label and label != CINC_CLASSES[int(y)]:
+            raise DataError(path, f"record {name} is labelled {label} here but {CINC_CLASSES[int(y)]} in the run's labels: "
+                                  "the teacher was scored with other labels")
+    probs /= probs.sum(1, keepdims=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    agree = float((probs.argmax(1) == labels).mean())
+    print(f"distillation targets: {path} (SHA-256 {digest}...), {len(train_names)} training records, the teacher's class "
+          f"agrees with the label for {agree:.1%}, mean top probability {probs.max(1).mean():.3f}")
+    return probs.astype(np.float32)
+
+
+def distill_cross_entropy(logits: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                          record_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinton et al.'s distillation term: ``T^2`` times the cross-entropy of ``softmax(logits / T)`` against the teacher's
+    probabilities at temperature ``T`` (``softmax(log p / T)``), a mean over the batch weighted by ``record_weight``.
+
+    ``T^2`` keeps the term's gradients on the scale of a plain cross-entropy's as ``T`` changes; at
+    ``T = 1`` it is the cross-entropy against the teacher's probabilities as they are. A weighted
+    mean (``sum w_i l_i / sum w_i``) is what ``F.cross_entropy(weight=...)`` takes for hard labels.
+    """
+    target = torch.softmax(torch.log(teacher.clamp_min(1e-12)) / temperature, dim=1)
+    per_record = -(target * F.log_softmax(logits / temperature, dim=1)).sum(1)
+    if record_weight is None:
+        return temperature ** 2 * per_record.mean()
+    return temperature ** 2 * (record_weight * per_record).sum() / record_weight.sum()
+
+
+class _WithTarget(torch.utils.data.Dataset):
+    """A training set whose items gain a second per-record target: ``(*item, target)`` (an earlier label, or a teacher's
+    probabilities)."""
+
+    def __init__(self, ds: torch.utils.data.Dataset, target: np.ndarray):
+        self.ds, self.target = ds, target
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -223,7 +301,8 @@ class _WithPriorLabel(torch.utils.data.Dataset):
             self.ds.set_epoch(epoch)
 
     def __getitem__(self, i: int) -> tuple:
-        return (*self.ds[i], int(self.prior[i]))
+        t = self.target[i]
+        return (*self.ds[i], int(t) if t.ndim == 0 else torch.from_numpy(t))
 
 
 def build_model(cfg: FinetuneConfig) -> tuple[torch.nn.Module, float]:
@@ -285,8 +364,11 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
     else:
         raise ConfigError(f"input must be 'crop' or 'paper', got {cfg.input!r}")
     prior_weight = cfg.prior_label_weight if data.prior_labels is not None else 0.0
+    distill_weight = cfg.distill_weight if data.distill_probs is not None else 0.0
     if prior_weight:
-        train_ds = _WithPriorLabel(train_ds, data.prior_labels)
+        train_ds = _WithTarget(train_ds, data.prior_labels)
+    elif distill_weight:
+        train_ds = _WithTarget(train_ds, data.distill_probs)
     steps_per_round = math.ceil(len(train_ds) / cfg.batch_size)
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, steps_per_round, cfg.epochs)
     class_weight = None
@@ -307,18 +389,23 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
         return torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
                                            num_workers=cfg.num_workers, drop_last=False)
 
-    def target_loss(logits, y, y_prior):
-        """Cross-entropy against the label, or (1 - w) times it plus w times that against the earlier release's label
-        (each a class-weighted mean over the batch, as mixup's two terms)."""
+    def target_loss(logits, y, y_second):
+        """Cross-entropy against the label, or (1 - w) times it plus w times that against the second target: the earlier
+        release's label, or the teacher's probabilities (:func:`distill_cross_entropy`). Each term is a class-weighted
+        mean over the batch (by each record's label), as mixup's two terms."""
         loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=cfg.label_smoothing)
         if prior_weight:
-            loss = (1 - prior_weight) * loss + prior_weight * F.cross_entropy(logits, y_prior, weight=class_weight,
+            loss = (1 - prior_weight) * loss + prior_weight * F.cross_entropy(logits, y_second, weight=class_weight,
                                                                               label_smoothing=cfg.label_smoothing)
+        elif distill_weight:
+            record_weight = None if class_weight is None else class_weight[y]
+            loss = (1 - distill_weight) * loss + distill_weight * distill_cross_entropy(logits, y_second, cfg.distill_temperature,
+                                                                                        record_weight)
         return loss
 
     def step_fn(m, batch):
         y_prior = None
-        if prior_weight:
+        if prior_weight or distill_weight:
             *batch, y_prior = batch
             y_prior = y_prior.to(device)
         x, y, valid = batch if masked else (*batch, None)
@@ -427,6 +514,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     _precheck_val_fraction(cfg, out)
     if cfg.prior_labels:  # before anything is read or written
         prior_label_file(cfg)
+    if cfg.distill_probs and not Path(cfg.distill_probs).is_file():
+        raise DataError(cfg.distill_probs, "no such file (distill_probs: a predictions.csv of `ecgtl evaluate` on the training records)")
     out.mkdir(parents=True, exist_ok=True)
     check_run_splits(cfg, out)
     save_or_check_config(cfg, out / "config.yaml", canonical=with_current_model_name)
