@@ -266,7 +266,8 @@ def read_distill_probs(path: str | os.PathLike, train_names: list[str], labels: 
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     agree = float((probs.argmax(1) == labels).mean())
     print(f"distillation targets: {path} (SHA-256 {digest}...), {len(train_names)} training records, the teacher's class "
-          f"agrees with the label for {agree:.1%}, mean top probability {probs.max(1).mean():.3f}")
+          f"agrees with the label for {fmt(100 * agree, digits=1)}%, mean probability of the label "
+          f"{fmt(float(probs[np.arange(len(labels)), labels].mean()))} (cut)")
     return probs.astype(np.float32)
 
 
