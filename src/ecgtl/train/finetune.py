@@ -405,10 +405,10 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
         return loss
 
     def step_fn(m, batch):
-        y_prior = None
+        y_second = None
         if prior_weight or distill_weight:
-            *batch, y_prior = batch
-            y_prior = y_prior.to(device)
+            *batch, y_second = batch
+            y_second = y_second.to(device)
         x, y, valid = batch if masked else (*batch, None)
         x, y = x.to(device, non_blocking=True), y.to(device)
         if masked:
@@ -420,9 +420,9 @@ def make_trainer(cfg: FinetuneConfig, data: FinetuneData, model: torch.nn.Module
             if masked:  # the mixed input is signal wherever either record is
                 valid = torch.stack([torch.minimum(valid[:, 0], valid[perm, 0]), torch.maximum(valid[:, 1], valid[perm, 1])], 1)
         logits = (m(x, valid) if masked else m(x)).float()
-        loss = target_loss(logits, y, y_prior)
+        loss = target_loss(logits, y, y_second)
         if cfg.mixup:
-            loss = lam * loss + (1 - lam) * target_loss(logits, y[perm], None if y_prior is None else y_prior[perm])
+            loss = lam * loss + (1 - lam) * target_loss(logits, y[perm], None if y_second is None else y_second[perm])
         return loss, len(y)
 
     def on_round_start(m, r):
