@@ -16,7 +16,8 @@ from ecgtl.data.splits import save_splits
 from ecgtl.data.transforms import Normalization
 from ecgtl.errors import ConfigError, DataError
 from ecgtl.models import create_model
-from ecgtl.train.finetune import FinetuneData, distill_cross_entropy, make_trainer, mixup_pairs, read_distill_probs, run_finetune
+from ecgtl.train.finetune import FinetuneData, distill_cross_entropy, make_trainer, read_distill_probs, run_finetune
+from mixup_check import step_and_mixed_logits
 
 WIDTH = 0.0625
 HEADER = "record,label,prediction,p_N,p_A,p_O,p_~\n"
@@ -153,15 +154,8 @@ def test_masked_pooling_and_mixup_carry_the_teacher_too(tmp_path):
                               "class_weights=false")
     batch = next(iter(trainer.make_batches(0)))
     assert len(batch) == 4 and batch[2].shape == (4, 2) and batch[3].shape == (4, 4)
-    x, y, valid, p = batch
-    torch.manual_seed(5)
-    loss, n = trainer.step_fn(model, batch)
-    torch.manual_seed(5)  # the same mixing draw
-    lam, perm = mixup_pairs(4, 0.2)
-    xm = lam * x + (1 - lam) * x[perm]
-    vm = torch.stack([torch.minimum(valid[:, 0], valid[perm, 0]), torch.maximum(valid[:, 1], valid[perm, 1])], 1)
-    with torch.no_grad():
-        logits = model(xm, vm).float()
+    _, y, _, p = batch
+    loss, n, logits, lam, perm = step_and_mixed_logits(trainer, model, batch, 0.2)
 
     def mix(t, tp):
         return 0.75 * F.cross_entropy(logits, t) + 0.25 * distill_cross_entropy(logits, tp, 1.0)

@@ -11,7 +11,8 @@ from ecgtl.config import FinetuneConfig, load_config
 from ecgtl.data.transforms import Normalization
 from ecgtl.errors import ConfigError, DataError
 from ecgtl.models import create_model
-from ecgtl.train.finetune import FinetuneData, make_trainer, mixup_pairs, read_prior_labels, run_finetune
+from ecgtl.train.finetune import FinetuneData, make_trainer, read_prior_labels, run_finetune
+from mixup_check import step_and_mixed_logits
 
 WIDTH = 0.0625
 
@@ -106,15 +107,8 @@ def test_masked_pooling_and_mixup_carry_the_prior_label_too(tmp_path):
     trainer = make_trainer(cfg, data, model, torch.device("cpu"), tmp_path, progress=False)
     batch = next(iter(trainer.make_batches(0)))
     assert len(batch) == 4 and batch[2].shape == (4, 2)
-    x, y, valid, y_prior = batch
-    torch.manual_seed(5)
-    loss, n = trainer.step_fn(model, batch)
-    torch.manual_seed(5)  # the same mixing draw
-    lam, perm = mixup_pairs(4, 0.2)
-    xm = lam * x + (1 - lam) * x[perm]
-    vm = torch.stack([torch.minimum(valid[:, 0], valid[perm, 0]), torch.maximum(valid[:, 1], valid[perm, 1])], 1)
-    with torch.no_grad():
-        logits = model(xm, vm).float()
+    _, y, _, y_prior = batch
+    loss, n, logits, lam, perm = step_and_mixed_logits(trainer, model, batch, 0.2)
 
     def mix(t, tp):
         return 0.75 * F.cross_entropy(logits, t) + 0.25 * F.cross_entropy(logits, tp)
