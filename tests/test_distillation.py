@@ -42,6 +42,11 @@ def test_weight_and_temperature_bounds(tmp_path, sets, match):
         _cfg(tmp_path, "distill_probs=t.csv", "distill_weight=0.5", *sets)
 
 
+def test_a_temperature_without_distillation_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="distill_temperature=3 applies only with distill_probs"):
+        _cfg(tmp_path, "distill_temperature=3")
+
+
 def test_distillation_and_prior_labels_are_exclusive(tmp_path):
     with pytest.raises(ConfigError, match="set one of them"):
         _cfg(tmp_path, "distill_probs=t.csv", "distill_weight=0.5", "prior_labels=original", "prior_label_weight=0.3")
@@ -49,10 +54,13 @@ def test_distillation_and_prior_labels_are_exclusive(tmp_path):
 
 def test_the_teachers_probabilities_are_read_in_training_order(tmp_path):
     f = tmp_path / "predictions.csv"
-    f.write_text(HEADER + "a,N,N,0.7,0.1,0.1,0.1\nb,,O,0.2,0.1,0.6,0.1\nz,~,~,0,0,0,1\n")  # z: not trained on, ignored
+    f.write_text("\ufeff" + HEADER + "a,N,N,0.7,0.1,0.1,0.1\nb,,O,0.2,0.1,0.6,0.1\nz,~,~,0,0,0,1\n", encoding="utf-8")  # a BOM
     got = read_distill_probs(f, ["b", "a"], np.array([2, 0]))  # b has no label column value (predict's output): fine
-    assert got.dtype == np.float32 and got.shape == (2, 4)
+    assert got.dtype == np.float32 and got.shape == (2, 4)  # z: not trained on, ignored
     np.testing.assert_allclose(got, [[0.2, 0.1, 0.6, 0.1], [0.7, 0.1, 0.1, 0.1]], rtol=1e-6)
+    f.write_text(HEADER + "a,N,N,0.7,0.1,0.1,0.1\n\n\na,N,N,0.7,0.1,0.1,0.1\n")  # blank lines: the message gives the file's line
+    with pytest.raises(DataError, match="line 5: record a is listed twice"):
+        read_distill_probs(f, ["a"], np.array([0]))
 
 
 @pytest.mark.parametrize("body, match", [
@@ -102,10 +110,10 @@ def test_distill_cross_entropy_by_hand():
     assert torch.allclose(distill_cross_entropy(logits, onehot, 1.0, cw[y]), F.cross_entropy(logits, y, weight=cw))
 
 
-def _data(teacher):
+def _data(teacher, labels=(0, 1, 2, 3)):
     rng = np.random.default_rng(0)
     signals = [rng.standard_normal(n).astype(np.float32) for n in (600, 1500, 1024, 800)]
-    names, labels = ["a", "b", "c", "d"], np.array([0, 1, 2, 3])
+    names, labels = ["a", "b", "c", "d"], np.array(labels)
     return FinetuneData(splits={"train": names, "val": names, "test": []}, train_names=names, normalization=Normalization(0.0, 1.0),
                         signals={"train": signals, "val": signals, "test": []}, labels={"train": labels, "val": labels, "test": labels[:0]},
                         distill_probs=teacher)
@@ -114,26 +122,30 @@ def _data(teacher):
 TEACHER = np.array([[0.6, 0.2, 0.1, 0.1], [0.1, 0.5, 0.3, 0.1], [0.2, 0.1, 0.6, 0.1], [0.1, 0.1, 0.4, 0.4]], dtype=np.float32)
 
 
-def _trainer(tmp_path, *sets, teacher=TEACHER):
+def _trainer(tmp_path, *sets, teacher=TEACHER, labels=(0, 1, 2, 3)):
     cfg = _cfg(tmp_path, *sets)
     torch.manual_seed(0)
     model = create_model("resnet18_preact", num_classes=4, width=WIDTH, pooling=cfg.pooling).eval()  # eval: no dropout
-    return make_trainer(cfg, _data(teacher), model, torch.device("cpu"), tmp_path, progress=False), model
+    return make_trainer(cfg, _data(teacher, labels), model, torch.device("cpu"), tmp_path, progress=False), model
 
 
 def test_the_loss_mixes_label_and_teacher_by_the_weight_with_class_weights(tmp_path):
     sets = [f"distill_probs={tmp_path / 't.csv'}", "distill_weight=0.4", "distill_temperature=3", "class_weights=true"]
-    trainer, model = _trainer(tmp_path, *sets)
+    trainer, model = _trainer(tmp_path, *sets, labels=(0, 0, 0, 1))  # N N N A: the class weights differ
     batch = next(iter(trainer.make_batches(0)))
     x, y, p = batch  # the items carry the teacher's probabilities last, in the record's order
-    assert p.dtype == torch.float32 and torch.equal(p, torch.from_numpy(TEACHER[y.numpy()]))
+    order = [int(np.flatnonzero((TEACHER == row).all(1))[0]) for row in p.numpy()]  # which record each item is (rows differ)
+    assert p.dtype == torch.float32 and sorted(order) == [0, 1, 2, 3]
+    assert y.tolist() == [[0, 0, 0, 1][i] for i in order]
     loss, n = trainer.step_fn(model, batch)
     with torch.no_grad():
         logits = model(x).float()
-    cw = torch.ones(4)  # one record per class: inverse-frequency weights are all 1 here
+    cw = torch.tensor([4 / (4 * 3), 4 / (4 * 1), 4 / 4, 4 / 4])  # inverse frequency: N 1/3, A 1 (absent classes count 1)
     want = 0.6 * F.cross_entropy(logits, y, weight=cw) + 0.4 * distill_cross_entropy(logits, p, 3.0, cw[y])
     assert n == 4 and torch.allclose(loss, want, atol=1e-6)
-    assert not torch.allclose(loss, F.cross_entropy(logits, y), atol=1e-3)  # the teacher changes it
+    unweighted_term = 0.6 * F.cross_entropy(logits, y, weight=cw) + 0.4 * distill_cross_entropy(logits, p, 3.0)
+    assert not torch.allclose(loss, unweighted_term, atol=1e-4)  # the distillation term is class-weighted too
+    assert not torch.allclose(loss, F.cross_entropy(logits, y, weight=cw), atol=1e-3)  # the teacher changes it
     # a teacher that is the labels themselves, at T = 1, leaves the plain loss
     (tmp_path / "same").mkdir()
     same, model2 = _trainer(tmp_path / "same", f"distill_probs={tmp_path / 't.csv'}", "distill_weight=0.4",
@@ -143,7 +155,7 @@ def test_the_loss_mixes_label_and_teacher_by_the_weight_with_class_weights(tmp_p
     with torch.no_grad():
         assert torch.allclose(l2, F.cross_entropy(model2(b2[0]).float(), b2[1]), atol=1e-6)
     (tmp_path / "off").mkdir()
-    plain, _ = _trainer(tmp_path / "off", teacher=None)
+    plain, _ = _trainer(tmp_path / "off", teacher=None, labels=(0, 0, 0, 1))
     x0, y0 = next(iter(plain.make_batches(0)))  # off: the items are as before, the same crops
     assert torch.equal(x0, x) and torch.equal(y0, y)
 
@@ -188,6 +200,14 @@ def test_teacher_from_evaluate_then_a_distilled_student_end_to_end(shared_data, 
     assert finetune(tmp_path / "student", f"distill_probs={probs}", "distill_weight=0.5", "distill_temperature=2") == 0
     card = json.loads((tmp_path / "student" / "model.json").read_text())
     assert card["config"]["distill_probs"] == str(probs) and card["config"]["distill_weight"] == 0.5
+    pinned = (tmp_path / "student" / "distill_probs.sha256").read_text()
+    # the teacher file changed since the run started: its resume (here: 2 epochs) is refused before training
+    probs.write_text(probs.read_text().replace("0.", "0.0", 1))
+    with pytest.raises(ConfigError, match="the teacher's probabilities changed since the run in .*student started"):
+        run_finetune(load_config(FinetuneConfig, "cpu", "finetune", [f"data={folder}", f"out={tmp_path / 'student'}", *common,
+                                                                     f"distill_probs={probs}", "distill_weight=0.5",
+                                                                     "distill_temperature=2", "epochs=2"]))
+    assert (tmp_path / "student" / "distill_probs.sha256").read_text() == pinned
     # a student whose records the teacher never saw is refused, naming the file
     other = tmp_path / "other.json"
     save_splits(other, {"train": names[4:20], "val": names[:4], "test": names[20:]}, note="test_distillation")

@@ -132,7 +132,8 @@ class FinetuneConfig:
     prior_label_weight: float = 0.0  # w above; 0 = off. A record whose label did not change has its plain loss
     # knowledge distillation (Hinton et al. 2015): a teacher's class probabilities per training record, the
     # predictions.csv of `ecgtl evaluate --records SPLITS:train` (e.g. of a seed ensemble), mixed into the training
-    # loss: (1 - w) * CE(label) + w * T^2 * CE(teacher's probabilities at temperature T, the model's logits / T)
+    # loss: (1 - w) * CE(label) + w * T^2 * CE(teacher's probabilities at temperature T, the model's logits / T), both
+    # terms class-weighted by each record's label when class_weights is on
     distill_probs: str | None = None
     distill_weight: float = 0.0  # w above; 0 = off
     distill_temperature: float = 1.0  # T above: the teacher's log-probabilities and the model's logits are divided by it
@@ -188,6 +189,9 @@ class FinetuneConfig:
             raise ConfigError("distill_probs and distill_weight go together: set both (e.g. distill_probs=teacher/predictions.csv "
                               f"distill_weight=0.5) or neither; got distill_probs={self.distill_probs!r}, "
                               f"distill_weight={self.distill_weight:g}")
+        if self.distill_probs is None and self.distill_temperature != 1.0:
+            raise ConfigError(f"distill_temperature={self.distill_temperature:g} applies only with distill_probs and distill_weight "
+                              "(knowledge distillation); set them too, or leave the temperature at 1")
         if self.distill_probs is not None and self.prior_labels is not None:
             raise ConfigError("distill_probs and prior_labels are two alternative second targets: set one of them")
         if not isinstance(self.augment, AugmentConfig):

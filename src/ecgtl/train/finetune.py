@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ecgtl.config import FinetuneConfig, add_config_command, compile_enabled, save_or_check_config, to_dict
+from ecgtl.config import TRAINING_STATE_FILES, FinetuneConfig, add_config_command, compile_enabled, save_or_check_config, to_dict
 from ecgtl.constants import CINC_CLASSES
 from ecgtl.data.augment import EcgAugment
 from ecgtl.data.cinc2017 import Cinc2017, find_label_file, read_labels
@@ -228,10 +228,12 @@ def read_distill_probs(path: str | os.PathLike, train_names: list[str], labels: 
     (the teacher was scored with other labels). Rows of other records are ignored. Nothing here can
     tell whether the teacher was fit on the run's validation records: make it from models that share
     the run's validation records (none trained on them), or the validation scores are not honest.
+    Nor what labels it saw: with ``label_fraction < 1``, a teacher trained on all the labels passes
+    them on, and the run no longer measures fine-tuning with that fraction of them.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (a spreadsheet's CSV) is not part of the header
     except FileNotFoundError:
         raise DataError(path, "no such file (distill_probs: a predictions.csv of `ecgtl evaluate` on the training records)") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -242,10 +244,10 @@ def read_distill_probs(path: str | os.PathLike, train_names: list[str], labels: 
         raise DataError(path, f"no column {', '.join(missing_cols)} (columns: {', '.join(reader.fieldnames or []) or 'none'}); "
                               "expected a predictions.csv of `ecgtl evaluate`")
     rows: dict[str, tuple[str, list[str]]] = {}
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
         name = row["record"]
         if name in rows:
-            raise DataError(path, f"line {line}: record {name} is listed twice")
+            raise DataError(path, f"line {reader.line_num}: record {name} is listed twice")
         rows[name] = ((row.get("label") or "").strip(), [row[c] for c in PROB_COLUMNS])
     absent = [n for n in train_names if n not in rows]
     if absent:
@@ -269,6 +271,25 @@ def read_distill_probs(path: str | os.PathLike, train_names: list[str], labels: 
           f"agrees with the label for {fmt(100 * agree, digits=1)}%, mean probability of the label "
           f"{fmt(float(probs[np.arange(len(labels)), labels].mean()))} (cut)")
     return probs.astype(np.float32)
+
+
+DISTILL_PIN = "distill_probs.sha256"  # in the run folder: the SHA-256 of the teacher file the run trains towards
+
+
+def pin_distill_probs(cfg: FinetuneConfig, out: Path) -> None:
+    """Record the teacher file's SHA-256 in the run folder; refuse a run folder with training state whose teacher file has
+    changed since (the config keeps only its path, and a resume would train towards other targets mid-run)."""
+    if not cfg.distill_probs:
+        return
+    digest = hashlib.sha256(Path(cfg.distill_probs).read_bytes()).hexdigest()
+    pin = out / DISTILL_PIN
+    if pin.is_file() and any((out / f).exists() for f in TRAINING_STATE_FILES):
+        old = pin.read_text().strip()
+        if old != digest:
+            raise ConfigError(f"{cfg.distill_probs}: the teacher's probabilities changed since the run in {out} started (SHA-256 "
+                              f"{old[:16]}... then, {digest[:16]}... now), so a resume would train towards other targets: "
+                              "restore the file, or use another --out")
+    atomic_write(pin, digest + "\n")
 
 
 def distill_cross_entropy(logits: torch.Tensor, teacher: torch.Tensor, temperature: float,
@@ -520,6 +541,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     check_run_splits(cfg, out)
     save_or_check_config(cfg, out / "config.yaml", canonical=with_current_model_name)
+    pin_distill_probs(cfg, out)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
