@@ -772,12 +772,15 @@ def check_recording(signal: np.ndarray, fs: float, source: str) -> np.ndarray:
     return signal.astype(np.float32)
 
 
+PROB_COLUMNS = tuple(f"p_{c}" for c in CINC_CLASSES)  # the class probability columns of a predictions CSV
+
+
 def write_predictions(path: str | os.PathLike, names, labels, probs: np.ndarray) -> None:
     """Per-record predictions as CSV (record, label or empty when ``label < 0``, prediction, one probability per class), atomically."""
     check_probabilities(np.asarray(probs), path)
     text = io.StringIO()
     w = csv.writer(text)
-    w.writerow(["record", "label", "prediction", *[f"p_{c}" for c in CINC_CLASSES]])
+    w.writerow(["record", "label", "prediction", *PROB_COLUMNS])
     for n, y, p in zip(names, labels, probs):
         w.writerow([n, CINC_CLASSES[int(y)] if y >= 0 else "", CINC_CLASSES[int(p.argmax())], *[f"{v:.6f}" for v in p]])
     atomic_write(path, text.getvalue())

@@ -45,7 +45,7 @@ from ecgtl.data.splits import kfold_splits, load_splits, make_splits, save_split
 from ecgtl.data.transforms import PAPER_CINC, Normalization
 from ecgtl.errors import ConfigError, DataError
 from ecgtl.evaluate.calibration import biased_probabilities, fit_class_bias
-from ecgtl.evaluate.inference import inference_dataset, predict_dataset, write_predictions
+from ecgtl.evaluate.inference import PROB_COLUMNS, inference_dataset, predict_dataset, write_predictions
 from ecgtl.evaluate.metrics import challenge_f1, classification_report, f1_per_class, fmt, format_report, macro_f1
 from ecgtl.fileio import atomic_write
 from ecgtl.models import apply_conv_layout, create_model
@@ -214,9 +214,6 @@ def read_prior_labels(cfg: FinetuneConfig, train_names: list[str], labels: np.nd
     return out
 
 
-PROB_COLUMNS = tuple(f"p_{c}" for c in CINC_CLASSES)  # the class columns of ``ecgtl evaluate``'s predictions.csv
-
-
 def read_distill_probs(path: str | os.PathLike, train_names: list[str], labels: np.ndarray) -> np.ndarray:
     """A teacher's class probabilities of ``train_names``, shape ``(len(train_names), NUM_CLASSES)``, from a predictions CSV.
 
@@ -233,7 +230,8 @@ def read_distill_probs(path: str | os.PathLike, train_names: list[str], labels: 
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (a spreadsheet's CSV) is not part of the header
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")  # a byte-order mark (a spreadsheet's CSV) is not part of the header
     except FileNotFoundError:
         raise DataError(path, "no such file (distill_probs: a predictions.csv of `ecgtl evaluate` on the training records)") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -265,7 +263,7 @@ def read_distill_probs(path: str | os.PathLike, train_names: list[str], labels: 
             raise DataError(path, f"record {name} is labelled {label} here but {CINC_CLASSES[int(y)]} in the run's labels: "
                                   "the teacher was scored with other labels")
     probs /= probs.sum(1, keepdims=True)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(raw).hexdigest()[:16]
     agree = float((probs.argmax(1) == labels).mean())
     print(f"distillation targets: {path} (SHA-256 {digest}...), {len(train_names)} training records, the teacher's class "
           f"agrees with the label for {fmt(100 * agree, digits=1)}%, mean probability of the label "
